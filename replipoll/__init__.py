@@ -1,0 +1,84 @@
+"""Poll Replicate-style predictions from asyncio: one, or a hundred thousand.
+
+replipoll speaks the prediction API of Replicate and of the gateways that
+re-expose it (DeerAPI, CometAPI, any base URL serving the same paths):
+
+* :class:`Client` fetches or cancels one prediction, retrying what is worth
+  retrying, and returns a frozen :class:`Prediction` record;
+* :class:`PollManager` polls many predictions under a concurrency cap and a
+  shared rate budget until each is terminal;
+* :func:`save_outputs` copies a finished prediction's files to your storage;
+* :mod:`replipoll.testing` is a fake Replicate-compatible server for tests.
+"""
+
+from ._client import Client
+from ._errors import (
+    AuthenticationError,
+    BadRequestError,
+    ClientClosedError,
+    ConfigurationError,
+    ConnectError,
+    DecodeError,
+    DownloadError,
+    HTTPStatusError,
+    InvalidPredictionIdError,
+    MissingAPIKeyError,
+    NotFoundError,
+    PollTimeout,
+    RateLimitedError,
+    ReplipollError,
+    RequestError,
+    RequestTimeoutError,
+    ServerError,
+    TransportError,
+)
+from ._manager import PollManager, PollResult, PollStats
+from ._models import (
+    TERMINAL_STATUSES,
+    Prediction,
+    PredictionMetrics,
+    PredictionUrls,
+    Status,
+)
+from ._providers import PROVIDERS, Provider, Timeouts
+from ._retry import RetryPolicy
+from ._schedule import PollPolicy, RateBudget
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROVIDERS",
+    "TERMINAL_STATUSES",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "DecodeError",
+    "DownloadError",
+    "HTTPStatusError",
+    "InvalidPredictionIdError",
+    "MissingAPIKeyError",
+    "NotFoundError",
+    "PollManager",
+    "PollPolicy",
+    "PollResult",
+    "PollStats",
+    "PollTimeout",
+    "Prediction",
+    "PredictionMetrics",
+    "PredictionUrls",
+    "Provider",
+    "RateBudget",
+    "RateLimitedError",
+    "ReplipollError",
+    "RequestError",
+    "RequestTimeoutError",
+    "RetryPolicy",
+    "ServerError",
+    "Status",
+    "Timeouts",
+    "TransportError",
+    "__version__",
+]

@@ -1,0 +1,257 @@
+"""The one cattrs converter, and turning JSON into records.
+
+Decoding is strict about types (a ``status`` that is an object is an error, a
+``data_removed`` of ``"false"`` is not silently ``True``) and lenient about
+shape (unknown keys are kept in ``extra``, missing optional keys are ``None``,
+unknown status strings are kept as strings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn
+
+from ._errors import DecodeError
+from ._models import Prediction, PredictionMetrics, PredictionUrls, Status
+
+__all__ = ["converter", "parse_timestamp", "structure_prediction"]
+
+T = TypeVar("T")
+
+
+class _FieldError(Exception):
+    """A value of the wrong type; carries the field name up to the record."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Parse an RFC 3339 timestamp into an aware ``datetime``.
+
+    Accepts millisecond, microsecond and nanosecond precision (nanoseconds are
+    truncated to microseconds), ``Z`` or a numeric offset; a timestamp with no
+    offset is taken as UTC.
+
+    Raises:
+        ValueError: ``value`` is not such a timestamp.
+    """
+    if type(value) is not str:
+        raise ValueError(f"expected a timestamp string, got {type(value).__name__}")
+    text = value
+    dot = text.find(".")
+    if dot != -1:
+        # datetime.fromisoformat takes at most 6 fractional digits before
+        # Python 3.12 is lenient everywhere; trim to be sure on every version.
+        end = dot + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        if end - dot - 1 > 6:
+            text = text[: dot + 7] + text[end:]
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def _strict(kind: type[T], name: str) -> Callable[[object, object], T]:
+    def check(value: object, _: object) -> T:
+        if type(value) is not kind:
+            raise TypeError(f"expected {name}, got {_json_type(value)}")
+        return value  # type: ignore[return-value,unused-ignore]
+
+    return check
+
+
+def _number(value: object, _: object) -> float:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise TypeError(f"expected a number, got {_json_type(value)}")
+
+
+def _integer(value: object, _: object) -> int:
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise TypeError(f"expected an integer, got {_json_type(value)}")
+
+
+def _error_text(value: object, _: object) -> str:
+    # Documented as a string; keep anything else readable rather than fail.
+    if type(value) is str:
+        return value
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _status(value: object, _: object) -> Status | str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a status string, got {_json_type(value)}")
+    return _STATUSES.get(value, str(value))
+
+
+def _mapping(value: object, _: object) -> Mapping[str, Any]:
+    if type(value) is not dict:
+        raise TypeError(f"expected an object, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+_STATUSES: Final = {s.value: s for s in Status}
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=False)
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(bool, _strict(bool, "a boolean"))
+    conv.register_structure_hook(float, _number)
+    conv.register_structure_hook(int, _integer)
+    conv.register_structure_hook(datetime, lambda v, _: parse_timestamp(v))
+    conv.register_structure_hook_func(lambda t: t == Status | str, _status)
+    conv.register_structure_hook_func(lambda t: t == Mapping[str, Any], _mapping)
+    conv.register_unstructure_hook(datetime, _format_timestamp)
+    conv.register_unstructure_hook(Status, lambda s: s.value)
+    for cls in (PredictionUrls, PredictionMetrics, Prediction):
+        conv.register_structure_hook(cls, _record_hook(conv, cls))
+        conv.register_unstructure_hook(cls, _record_unhook(conv, cls))
+    return conv
+
+
+def _record_unhook(
+    conv: cattrs.Converter, cls: type[T]
+) -> Callable[[T], dict[str, Any]]:
+    """Unstructure ``cls`` back to the provider's JSON shape, ``extra`` included."""
+    generated = make_dict_unstructure_fn(cls, conv)
+
+    def unstructure(record: T) -> dict[str, Any]:
+        data = generated(record)
+        extra = data.pop("extra", None)
+        if extra:
+            data.update(extra)
+        return data
+
+    return unstructure
+
+
+def _format_timestamp(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _optional(
+    hook: Callable[[object, object], T],
+) -> Callable[[object, object], T | None]:
+    def structure(value: object, kind: object) -> T | None:
+        return None if value is None else hook(value, kind)
+
+    return structure
+
+
+def _record_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], T]:
+    """Structure ``cls`` field by field, keeping unknown keys in ``extra``.
+
+    ``null`` for any field means "not given", so the field's default applies;
+    a value of the wrong type raises :class:`_FieldError` naming the field.
+    """
+    attrs.resolve_types(cls)  # type: ignore[type-var]
+    fields = [f for f in attrs.fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
+    known = frozenset(f.name for f in fields)
+    required = [f.name for f in fields if f.default is attrs.NOTHING]
+    hooks = {f.name: _field_hook(conv, f) for f in fields}
+
+    def structure(data: object, _: object) -> T:
+        if type(data) is not dict:
+            raise _FieldError("", f"expected an object, got {_json_type(data)}")
+        for name in required:
+            if data.get(name) is None:
+                raise _FieldError(name, "missing")
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] | None = None
+        for key, value in data.items():
+            if key in known:
+                if value is None:
+                    continue
+                try:
+                    kwargs[key] = hooks[key](value, None)
+                except _FieldError as exc:
+                    raise _FieldError(
+                        f"{key}.{exc.field}".rstrip("."), str(exc)
+                    ) from None
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise _FieldError(key, str(exc)) from None
+            else:
+                if extra is None:
+                    extra = {}
+                extra[key] = value
+        if extra:
+            kwargs["extra"] = extra
+        return cls(**kwargs)
+
+    return structure
+
+
+def _field_hook(
+    conv: cattrs.Converter, field: attrs.Attribute[Any]
+) -> Callable[[Any, Any], Any]:
+    kind = field.type
+    if kind is Any:
+        return lambda value, _: value
+    # "X | None" fields: None never reaches the hook (it means "absent").
+    args = getattr(kind, "__args__", ())
+    if type(None) in args and kind != (Status | str):
+        non_null = [a for a in args if a is not type(None)]
+        if len(non_null) == 1:
+            kind = non_null[0]
+    handler = conv.get_structure_hook(kind)
+    return lambda value, _: handler(value, kind)
+
+
+#: The converter every record in replipoll is structured with.
+converter: Final[cattrs.Converter] = _make_converter()
+_structure_prediction: Final = converter.get_structure_hook(Prediction)
+
+
+def structure_prediction(
+    data: object,
+    *,
+    status: int | None = None,
+    request_id: str | None = None,
+    url: str = "",
+    method: str = "GET",
+) -> Prediction:
+    """Structure a decoded JSON body into a :class:`Prediction`.
+
+    Raises:
+        DecodeError: with ``field`` set to the dotted path that failed.
+    """
+    try:
+        return _structure_prediction(data, Prediction)  # type: ignore[no-any-return]
+    except _FieldError as exc:
+        where = f"field {exc.field!r}" if exc.field else "body"
+        raise DecodeError(
+            f"not a prediction: {where}: {exc}",
+            field=exc.field,
+            status=status,
+            request_id=request_id,
+            url=url,
+            method=method,
+        ) from None

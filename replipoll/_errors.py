@@ -1,0 +1,279 @@
+"""The exceptions replipoll raises: one tree under :class:`ReplipollError`.
+
+::
+
+    ReplipollError
+    ├── ConfigurationError (ValueError)       bad provider, base URL or option
+    │   └── MissingAPIKeyError                no key given and its env var is unset
+    ├── InvalidPredictionIdError (ValueError) rejected before any request is sent
+├── ClientClosedError (RuntimeError)      the client was closed; no request sent
+    ├── RequestError                          a request failed; .attempts, .request_id
+    │   ├── HTTPStatusError                   an answer with a non-2xx status
+    │   │   ├── BadRequestError               400, 422 and other 4xx
+    │   │   ├── AuthenticationError           401, 403
+    │   │   ├── NotFoundError                 404
+    │   │   ├── RateLimitedError              429; .retry_after
+    │   │   └── ServerError                   5xx, 524
+    │   ├── DecodeError                       a 2xx body that is not a prediction
+    │   └── TransportError                    no usable answer at all
+    │       ├── ConnectError                  refused, reset, dropped
+    │       └── RequestTimeoutError           the per-request timeout passed
+    ├── PollTimeout                           a prediction's deadline passed
+    └── DownloadError                         an output file could not be saved
+
+Every :class:`RequestError` carries the HTTP method, the URL (which never holds
+the API key), the status (``None`` when there was no answer), the request id the
+provider assigned (from a header or from a CometAPI message), the provider's
+own message and how many attempts were made.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import Prediction
+
+__all__ = [
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "DecodeError",
+    "DownloadError",
+    "HTTPStatusError",
+    "InvalidPredictionIdError",
+    "MissingAPIKeyError",
+    "NotFoundError",
+    "PollTimeout",
+    "RateLimitedError",
+    "ReplipollError",
+    "RequestError",
+    "RequestTimeoutError",
+    "ServerError",
+    "TransportError",
+]
+
+
+class ReplipollError(Exception):
+    """Root of every exception replipoll raises on purpose."""
+
+
+class ConfigurationError(ReplipollError, ValueError):
+    """A client or manager was configured with something unusable."""
+
+
+class MissingAPIKeyError(ConfigurationError):
+    """No API key was passed and the provider's environment variable is unset.
+
+    Attributes:
+        env_var: The environment variable that was consulted.
+    """
+
+    def __init__(self, env_var: str) -> None:
+        self.env_var = env_var
+        super().__init__(
+            f"no API key: pass api_key=... or set the {env_var} environment variable"
+        )
+
+
+class InvalidPredictionIdError(ReplipollError, ValueError):
+    """A prediction id was rejected before any request was sent.
+
+    Attributes:
+        prediction_id: The offending id (shortened in the message if huge).
+        reason: Why it was rejected.
+    """
+
+    def __init__(self, prediction_id: object, reason: str) -> None:
+        self.prediction_id = prediction_id
+        self.reason = reason
+        shown = repr(prediction_id)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid prediction id {shown}: {reason}")
+
+
+class ClientClosedError(ReplipollError, RuntimeError):
+    """The :class:`~replipoll.Client` was closed; polls still running end with this."""
+
+    def __init__(self) -> None:
+        super().__init__("the client is closed")
+
+
+class RequestError(ReplipollError):
+    """A request to the API failed.
+
+    Attributes:
+        method: The HTTP method, e.g. ``"GET"``.
+        url: The URL requested; it never contains the API key.
+        status: The HTTP status, or ``None`` if no answer arrived.
+        request_id: The provider's request id, if any was found.
+        message: The provider's own message (or a description of the failure).
+        attempts: How many attempts were made before this error was raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "GET",
+        url: str = "",
+        status: int | None = None,
+        request_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.status = status
+        self.request_id = request_id
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        details = []
+        if self.url:
+            details.append(f"{self.method} {self.url}")
+        if self.status is not None:
+            details.append(f"status {self.status}")
+        if self.request_id:
+            details.append(f"request id {self.request_id}")
+        if self.attempts > 1:
+            details.append(f"after {self.attempts} attempts")
+        if not details:
+            return self.message
+        return f"{self.message} ({', '.join(details)})"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status!r}, "
+            f"request_id={self.request_id!r}, attempts={self.attempts!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only state survives pickling (multiprocessing, caches).
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(
+    cls: type[RequestError], message: str, state: dict[str, object]
+) -> RequestError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+class HTTPStatusError(RequestError):
+    """The API answered with a status that is not a success."""
+
+
+class BadRequestError(HTTPStatusError):
+    """400, 422 and other 4xx answers: the request itself is wrong; not retried."""
+
+
+class AuthenticationError(HTTPStatusError):
+    """401 or 403: the API key is missing, wrong or lacks access; not retried."""
+
+
+class NotFoundError(HTTPStatusError):
+    """404: no such prediction (or a wrong base URL); not retried."""
+
+
+class RateLimitedError(HTTPStatusError):
+    """429: the key's rate limit was hit.
+
+    Attributes:
+        retry_after: Seconds the provider asked to wait (``Retry-After`` header
+            or a ``retry_after`` body field), or ``None`` if it gave none.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, **kw: object
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class ServerError(HTTPStatusError):
+    """5xx (and Cloudflare's 524): the provider or a gateway failed."""
+
+
+class DecodeError(RequestError):
+    """A successful answer whose body is not a valid prediction.
+
+    Attributes:
+        field: Dotted path of the field that failed (``""`` for the whole body).
+        transient: True when the body was not JSON at all (a truncated answer,
+            an HTML page from a proxy); such answers are retried.
+    """
+
+    def __init__(
+        self, message: str, *, field: str = "", transient: bool = False, **kw: object
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.field = field
+        self.transient = transient
+
+
+class TransportError(RequestError):
+    """No usable answer: the connection failed or the request timed out."""
+
+
+class ConnectError(TransportError):
+    """The connection was refused, reset or dropped."""
+
+
+class RequestTimeoutError(TransportError):
+    """One request took longer than its per-request timeout."""
+
+
+class PollTimeout(ReplipollError):
+    """A prediction did not reach a terminal status before its deadline.
+
+    Attributes:
+        prediction_id: The prediction that timed out.
+        timeout: The deadline, in seconds from when polling started.
+        last: The last record seen for it, or ``None`` if none arrived.
+    """
+
+    def __init__(
+        self, prediction_id: str, timeout: float, last: Prediction | None
+    ) -> None:
+        self.prediction_id = prediction_id
+        self.timeout = timeout
+        self.last = last
+        status = last.status if last is not None else "never seen"
+        super().__init__(
+            f"prediction {prediction_id} not terminal after {timeout:g}s "
+            f"(last status: {status})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.prediction_id, self.timeout, self.last))
+
+
+class DownloadError(ReplipollError):
+    """An output file could not be downloaded or saved.
+
+    Attributes:
+        url: The output URL.
+        status: The HTTP status, if an answer arrived.
+        reason: What went wrong.
+    """
+
+    def __init__(self, url: str, reason: str, *, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        self.reason = reason
+        at = f" ({status})" if status is not None else ""
+        super().__init__(f"could not download {url}{at}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_download, (self.url, self.reason, self.status))
+
+
+def _rebuild_download(url: str, reason: str, status: int | None) -> DownloadError:
+    return DownloadError(url, reason, status=status)

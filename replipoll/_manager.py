@@ -1,0 +1,537 @@
+"""The scheduler: many predictions, few requests in flight, one shared budget.
+
+Shape: a heap of due times and a fixed pool of ``max_concurrency`` workers.
+A tracked id costs one small record, one future and one heap entry, not a
+sleeping task; one timer (``loop.call_at``) moves ids whose time has come onto
+the work queue. A worker waits for the rate budget, sends one request, and
+either resolves the id's future or pushes the id back onto the heap: after the
+poll policy's delay when it is still running, after the retry policy's delay
+when the request failed in a way worth retrying. A retry therefore waits
+without holding a worker or a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import inspect
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Final, Self
+
+import attrs
+
+from ._client import Client, wait_for_budget
+from ._errors import PollTimeout, RateLimitedError, RequestError
+from ._models import Prediction
+from ._sansio import prediction_url, validate_prediction_id
+from ._schedule import PollPolicy, RateBudget
+
+__all__ = ["PollManager", "PollResult", "PollStats"]
+
+logger: Final = logging.getLogger("replipoll")
+
+#: Called with each record whose status differs from the last one seen.
+UpdateCallback = Callable[[Prediction], Awaitable[None] | None]
+
+
+@attrs.frozen
+class PollResult:
+    """How polling one id ended.
+
+    Attributes:
+        id: The prediction id, as submitted.
+        prediction: The terminal record; on error, the last record seen (or
+            ``None`` if none arrived).
+        error: ``None`` if a terminal record arrived; otherwise the exception
+            that ended this id (:class:`~replipoll.NotFoundError`,
+            :class:`~replipoll.PollTimeout`, a ``RequestError`` whose
+            ``attempts`` says retries were exhausted, ...).
+    """
+
+    id: str
+    prediction: Prediction | None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the prediction reached a terminal status (any of them)."""
+        return self.error is None
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the prediction reached ``succeeded``."""
+        return (
+            self.error is None
+            and self.prediction is not None
+            and (self.prediction.status == "succeeded")
+        )
+
+
+@attrs.frozen
+class PollStats:
+    """A snapshot of a :class:`PollManager`'s counters."""
+
+    #: Ids being polled now.
+    tracked: int
+    #: Ids whose polling ended (a terminal record or an error).
+    finished: int
+    #: Ids that ended with an error.
+    errors: int
+    #: Requests open right now.
+    in_flight: int
+    #: The most requests that were ever open at once.
+    peak_in_flight: int
+    #: Latest status of every id submitted ("unknown" before its first answer).
+    by_status: dict[str, int]
+    #: Requests sent, retries included.
+    requests: int
+    #: Failed requests that were tried again.
+    retries: int
+    #: 429 answers received.
+    throttled: int
+    #: Seconds requests spent waiting for the rate budget, summed.
+    budget_wait: float
+
+
+class _Track:
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "due",
+        "future",
+        "id",
+        "last",
+        "started",
+        "url",
+    )
+
+    def __init__(
+        self,
+        pid: str,
+        url: str,
+        future: asyncio.Future[Prediction],
+        now: float,
+        deadline: float,
+    ) -> None:
+        self.id = pid
+        self.url = url
+        self.future = future
+        self.started = now
+        self.deadline = deadline
+        self.due = now
+        self.attempts = 0  # consecutive failed requests
+        self.last: Prediction | None = None
+
+
+def _report(
+    queue: asyncio.Queue[tuple[str, asyncio.Future[Prediction]]],
+    pid: str,
+    future: asyncio.Future[Prediction],
+) -> None:
+    queue.put_nowait((pid, future))
+
+
+def _retrieve(future: asyncio.Future[Prediction]) -> None:
+    # The error also reaches every awaiter; this only stops asyncio from
+    # logging "exception was never retrieved" for futures nobody awaits.
+    if not future.cancelled():
+        future.exception()
+
+
+class PollManager:
+    """Poll many predictions concurrently until each is terminal.
+
+    Args:
+        client: The :class:`~replipoll.Client` to poll with; its per-request
+            timeouts and retry policy apply.
+        max_concurrency: The most HTTP requests open at once (not ids tracked).
+        rate_limit: Requests per second for this manager's requests, retries
+            included; ``None`` uses the client's budget. A 429's
+            ``Retry-After`` pauses the whole budget either way.
+        burst: Requests that may go at once under ``rate_limit``.
+        task_timeout: Seconds each id may take, from submission, to reach a
+            terminal status; then it ends with :class:`~replipoll.PollTimeout`.
+            ``None`` waits forever.
+        policy: The poll schedule; :class:`PollPolicy` by default.
+        on_update: Called (sync or async) with each record whose status
+            changed. If it raises, that id ends with the callback's exception.
+        cancel_on_timeout: Also ``POST .../cancel`` an id whose deadline passed.
+
+    Use it as ``async with``; on exit every poll still running is cancelled
+    and awaited, and the futures of unfinished ids are cancelled.
+
+    Example:
+        >>> import asyncio, replipoll
+        >>> from replipoll.testing import FakeReplicate
+        >>> async def main():
+        ...     async with FakeReplicate() as server:
+        ...         ids = server.add_predictions(3, duration=0.2)
+        ...         async with replipoll.Client(
+        ...             base_url=server.base_url(), api_key=server.api_key
+        ...         ) as client, replipoll.PollManager(client) as manager:
+        ...             results = await manager.poll_many(ids)
+        ...     return [r.prediction.status for r in results]
+        >>> asyncio.run(main())
+        ['succeeded', 'succeeded', 'succeeded']
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        max_concurrency: int = 32,
+        rate_limit: float | None = None,
+        burst: int = 10,
+        task_timeout: float | None = 3600.0,
+        policy: PollPolicy | None = None,
+        on_update: UpdateCallback | None = None,
+        cancel_on_timeout: bool = False,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if task_timeout is not None and not task_timeout > 0:
+            raise ValueError("task_timeout must be positive or None")
+        self.client = client
+        self.max_concurrency = max_concurrency
+        self.budget = (
+            client.budget if rate_limit is None else RateBudget(rate_limit, burst)
+        )
+        self.task_timeout = task_timeout
+        self.policy = policy if policy is not None else PollPolicy()
+        self.on_update = on_update
+        self.cancel_on_timeout = cancel_on_timeout
+        self._tracks: dict[str, _Track] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._queue: asyncio.Queue[str] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._unknown_seen: set[str] = set()
+        self._by_status: Counter[str] = Counter()
+        self._finished = self._errors = self._in_flight = self._peak = 0
+        self._requests = self._retries = self._throttled = 0
+        self._budget_wait = 0.0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _start(self) -> asyncio.Queue[str]:
+        if self._closed:
+            raise RuntimeError("this PollManager is closed")
+        if self._queue is None:
+            self._loop = asyncio.get_running_loop()
+            self._queue = asyncio.Queue()
+            self._workers = [
+                self._loop.create_task(self._work(), name=f"replipoll-worker-{n}")
+                for n in range(self.max_concurrency)
+            ]
+        return self._queue
+
+    async def close(self) -> None:
+        """Stop polling: cancel and await every worker, cancel unfinished futures."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        workers, self._workers = self._workers, []
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+        tracks, self._tracks = self._tracks, {}
+        for track in tracks.values():
+            track.future.cancel()
+        self._heap.clear()
+
+    # -- public API ----------------------------------------------------------
+
+    def submit(self, prediction_id: str) -> asyncio.Future[Prediction]:
+        """Start tracking an id; the future resolves with its terminal record.
+
+        Submitting an id already tracked returns the same future: one poll
+        stream per id, however many awaiters.
+
+        Raises:
+            InvalidPredictionIdError: the id is unusable; nothing is tracked.
+        """
+        pid = validate_prediction_id(prediction_id)
+        track = self._tracks.get(pid)
+        if track is not None:
+            return track.future
+        queue = self._start()
+        assert self._loop is not None
+        now = self._loop.time()
+        deadline = (
+            now + self.task_timeout if self.task_timeout is not None else float("inf")
+        )
+        future: asyncio.Future[Prediction] = self._loop.create_future()
+        future.add_done_callback(_retrieve)
+        track = _Track(
+            pid, prediction_url(self.client.base_url, pid), future, now, deadline
+        )
+        self._tracks[pid] = track
+        self._by_status["unknown"] += 1
+        queue.put_nowait(pid)
+        return future
+
+    async def poll_many(self, prediction_ids: Iterable[str]) -> list[PollResult]:
+        """Poll every id to the end; one :class:`PollResult` per id, in input order.
+
+        Duplicates get one result each (from one poll stream). One id's
+        failure, an invalid id included, never affects the others.
+        """
+        ids = list(prediction_ids)
+        futures = [self._submit_or_fail(pid) for pid in ids]
+        pending = {f for f in futures if not f.done()}
+        if pending:
+            await asyncio.wait(pending)
+        return [self._result(pid, f) for pid, f in zip(ids, futures, strict=True)]
+
+    async def as_completed(
+        self, prediction_ids: Iterable[str]
+    ) -> AsyncIterator[PollResult]:
+        """Yield a :class:`PollResult` for each id as soon as it finishes."""
+        done: asyncio.Queue[tuple[str, asyncio.Future[Prediction]]] = asyncio.Queue()
+        count = 0
+        for pid in prediction_ids:
+            future = self._submit_or_fail(pid)
+            future.add_done_callback(functools.partial(_report, done, pid))
+            count += 1
+        for _ in range(count):
+            pid, future = await done.get()
+            yield self._result(pid, future)
+
+    async def cancel(
+        self, prediction_id: str, *, remote: bool = False
+    ) -> Prediction | None:
+        """Stop tracking an id, or cancel the prediction itself.
+
+        With ``remote=False`` the id's future is cancelled and polling stops.
+        With ``remote=True`` a ``POST .../cancel`` is sent; the answer is
+        returned, and the id (if tracked) resolves once it is terminal.
+        """
+        if not remote:
+            track = self._tracks.pop(prediction_id, None)
+            if track is not None:
+                track.future.cancel()
+            return None
+        prediction = await self.client.cancel(prediction_id)
+        track = self._tracks.get(prediction_id)
+        if track is not None:
+            self._observe(track, prediction)
+            if prediction.is_terminal:
+                self._resolve(track, prediction)
+        return prediction
+
+    @property
+    def stats(self) -> PollStats:
+        """A snapshot of the counters."""
+        return PollStats(
+            tracked=len(self._tracks),
+            finished=self._finished,
+            errors=self._errors,
+            in_flight=self._in_flight,
+            peak_in_flight=self._peak,
+            by_status={k: v for k, v in self._by_status.items() if v},
+            requests=self._requests,
+            retries=self._retries,
+            throttled=self._throttled,
+            budget_wait=self._budget_wait,
+        )
+
+    # -- scheduling ----------------------------------------------------------
+
+    def _submit_or_fail(self, pid: str) -> asyncio.Future[Prediction]:
+        try:
+            return self.submit(pid)
+        except ValueError as exc:
+            future: asyncio.Future[Prediction] = (
+                asyncio.get_running_loop().create_future()
+            )
+            future.set_exception(exc)
+            future.add_done_callback(_retrieve)
+            return future
+
+    def _result(self, pid: str, future: asyncio.Future[Prediction]) -> PollResult:
+        if future.cancelled():
+            return PollResult(pid, None, asyncio.CancelledError())
+        error = future.exception()
+        if error is None:
+            return PollResult(pid, future.result())
+        last = error.last if isinstance(error, PollTimeout) else None
+        return PollResult(pid, last, error)
+
+    def _schedule(self, track: _Track, due: float) -> None:
+        due = min(due, track.deadline)
+        track.due = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, track.id))
+        if due < self._timer_at:
+            self._arm(due)
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self._loop is not None
+        assert self._queue is not None
+        self._timer = None
+        self._timer_at = float("inf")
+        now = self._loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, pid = heapq.heappop(heap)
+            track = self._tracks.get(pid)
+            if track is not None and track.due == due:
+                self._queue.put_nowait(pid)
+        if heap:
+            self._arm(heap[0][0])
+
+    # -- the workers ---------------------------------------------------------
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        assert self._loop is not None
+        queue, loop = self._queue, self._loop
+        while True:
+            pid = await queue.get()
+            track = self._tracks.get(pid)
+            if track is None:
+                continue
+            if track.future.done():  # cancelled by an awaiter: stop polling it
+                del self._tracks[pid]
+                continue
+            try:
+                await self._poll(track, loop)
+            except Exception as exc:
+                # e.g. ClientClosedError, or an on_update callback that raised.
+                self._fail(track, exc)
+
+    async def _poll(self, track: _Track, loop: asyncio.AbstractEventLoop) -> None:
+        if loop.time() >= track.deadline:
+            await self._time_out(track)
+            return
+        self._budget_wait += await wait_for_budget(self.budget)
+        self._requests += 1
+        self._in_flight += 1
+        if self._in_flight > self._peak:
+            self._peak = self._in_flight
+        try:
+            remaining = track.deadline - loop.time()
+            if remaining < (self.client.timeouts.total or float("inf")):
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    prediction = await self.client.send("GET", track.url, self.budget)
+            else:
+                prediction = await self.client.send("GET", track.url, self.budget)
+        except TimeoutError:
+            self._in_flight -= 1
+            await self._time_out(track)
+            return
+        except RequestError as exc:
+            self._in_flight -= 1
+            self._failed_request(track, exc, loop.time())
+            return
+        except BaseException:
+            self._in_flight -= 1
+            raise
+        self._in_flight -= 1
+        track.attempts = 0
+        if self._observe(track, prediction):
+            await self._notify(prediction)
+        if prediction.is_terminal:
+            self._resolve(track, prediction)
+        elif track.id in self._tracks:
+            now = loop.time()
+            self._schedule(track, now + self.policy.next_delay(now - track.started))
+
+    def _failed_request(self, track: _Track, exc: RequestError, now: float) -> None:
+        track.attempts += 1
+        if isinstance(exc, RateLimitedError):
+            self._throttled += 1
+        retry = self.client.retry
+        if retry.should_retry(exc, track.attempts):
+            self._retries += 1
+            delay = retry.delay(exc, track.attempts)
+            logger.warning(
+                "retrying %s in %.2fs after attempt %d failed: %s",
+                track.id,
+                delay,
+                track.attempts,
+                exc,
+            )
+            self._schedule(track, now + delay)
+        else:
+            exc.attempts = track.attempts
+            self._fail(track, exc)
+
+    async def _time_out(self, track: _Track) -> None:
+        if self.cancel_on_timeout:
+            try:
+                track.last = await self.client.cancel(track.id)
+            except Exception as exc:
+                logger.warning(
+                    "could not cancel %s after its deadline: %s", track.id, exc
+                )
+        assert self.task_timeout is not None
+        self._fail(track, PollTimeout(track.id, self.task_timeout, track.last))
+
+    # -- bookkeeping ---------------------------------------------------------
+
+    def _observe(self, track: _Track, prediction: Prediction) -> bool:
+        """Record ``prediction`` as the latest; return True if its status changed."""
+        old = track.last.status if track.last is not None else "unknown"
+        track.last = prediction
+        new = prediction.status
+        if new == old:
+            return False
+        self._by_status[old] -= 1
+        self._by_status[new] += 1
+        if not prediction.is_documented_status and new not in self._unknown_seen:
+            self._unknown_seen.add(new)
+            logger.warning(
+                "undocumented status %r (prediction %s); polling on until terminal",
+                new,
+                track.id,
+            )
+        return True
+
+    async def _notify(self, prediction: Prediction) -> None:
+        if self.on_update is not None:
+            result = self.on_update(prediction)
+            if inspect.isawaitable(result):
+                await result
+
+    def _resolve(self, track: _Track, prediction: Prediction) -> None:
+        if self._tracks.pop(track.id, None) is not None:
+            self._finished += 1
+            if not track.future.done():
+                track.future.set_result(prediction)
+
+    def _fail(self, track: _Track, error: BaseException) -> None:
+        if self._tracks.pop(track.id, None) is not None:
+            self._finished += 1
+            self._errors += 1
+            if not track.future.done():
+                track.future.set_exception(error)
