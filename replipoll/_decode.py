@@ -119,6 +119,11 @@ def _json_type(value: object) -> str:
 
 _STATUSES: Final = {s.value: s for s in Status}
 
+#: Fields decoded by a hook of their own rather than by their type's.
+_FIELD_OVERRIDES: Final[dict[tuple[type, str], Callable[[Any, Any], Any]]] = {
+    (Prediction, "error"): _error_text,
+}
+
 
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(detailed_validation=False)
@@ -176,7 +181,10 @@ def _record_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, obje
     fields = [f for f in attrs.fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
     known = frozenset(f.name for f in fields)
     required = [f.name for f in fields if f.default is attrs.NOTHING]
-    hooks = {f.name: _field_hook(conv, f) for f in fields}
+    hooks = {
+        f.name: _FIELD_OVERRIDES.get((cls, f.name)) or _field_hook(conv, f)
+        for f in fields
+    }
 
     def structure(data: object, _: object) -> T:
         if type(data) is not dict:

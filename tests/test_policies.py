@@ -1,0 +1,162 @@
+"""Pure policies: retry decisions and delays, the poll schedule, the rate budget."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from replipoll import (
+    AuthenticationError,
+    BadRequestError,
+    ConnectError,
+    DecodeError,
+    NotFoundError,
+    PollPolicy,
+    RateBudget,
+    RateLimitedError,
+    RequestTimeoutError,
+    RetryPolicy,
+    ServerError,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (RateLimitedError("x", status=429), True),
+        (ServerError("x", status=500), True),
+        (ServerError("x", status=502), True),
+        (ServerError("x", status=503), True),
+        (ServerError("x", status=504), True),
+        (ServerError("x", status=524), True),
+        (ServerError("x", status=501), False),
+        (BadRequestError("x", status=400), False),
+        (AuthenticationError("x", status=401), False),
+        (AuthenticationError("x", status=403), False),
+        (NotFoundError("x", status=404), False),
+        (BadRequestError("x", status=422), False),
+        (ConnectError("x"), True),
+        (RequestTimeoutError("x"), True),
+        (DecodeError("x", transient=True), True),
+        (DecodeError("x", field="status"), False),
+        (ValueError("x"), False),
+    ],
+)
+def test_what_is_retried(error: Exception, retry: bool) -> None:
+    assert RetryPolicy().is_retryable(error) is retry
+
+
+def test_attempts_are_capped() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    error = ServerError("x", status=500)
+    assert policy.should_retry(error, 2)
+    assert not policy.should_retry(error, 3)
+
+
+def test_retry_after_beyond_the_cap_is_not_retried() -> None:
+    policy = RetryPolicy(max_retry_after=60)
+    assert policy.is_retryable(RateLimitedError("x", status=429, retry_after=60))
+    assert not policy.is_retryable(RateLimitedError("x", status=429, retry_after=3600))
+
+
+@given(st.integers(1, 200), st.integers(0, 2**32))
+def test_backoff_is_full_jitter_under_an_exponential_cap(attempt: int, seed: int) -> None:
+    policy = RetryPolicy(base_delay=0.5, max_delay=30)
+    delay = policy.delay(ServerError("x", status=500), attempt, random.Random(seed))
+    assert 0 <= delay <= min(30, 0.5 * 2 ** (attempt - 1))
+
+
+@given(st.floats(0, 300), st.integers(1, 20))
+def test_retry_after_is_a_floor_on_the_wait(retry_after: float, attempt: int) -> None:
+    error = RateLimitedError("x", status=429, retry_after=retry_after)
+    assert RetryPolicy().delay(error, attempt, random.Random(0)) >= retry_after
+
+
+def test_wait_gen_feeds_backoff_with_policy_delays() -> None:
+    gen = RetryPolicy(base_delay=1, max_delay=1).wait_gen()
+    assert gen.send(None) == 0.0
+    assert gen.send(RateLimitedError("x", status=429, retry_after=5)) == 5
+    assert 0 <= gen.send(ServerError("x", status=500)) <= 1
+
+
+def test_poll_policy_grows_with_age_up_to_the_cap() -> None:
+    policy = PollPolicy(min_interval=0.5, age_factor=0.1, max_interval=3, jitter=0)
+    delays = [policy.next_delay(age) for age in (0, 1, 10, 20, 30, 1000)]
+    assert delays == [0.5, 0.5, 1.0, 2.0, 3.0, 3.0]
+    assert delays == sorted(delays)
+
+
+def test_poll_policy_jitter_spreads_ids_submitted_together() -> None:
+    policy = PollPolicy(jitter=0.2)
+    rng = random.Random(1)
+    delays = {policy.next_delay(0.0, rng) for _ in range(50)}
+    assert len(delays) > 40
+    assert all(0.4 <= d <= 0.6 for d in delays)
+
+
+def test_fixed_policy_matches_the_official_client() -> None:
+    assert PollPolicy.fixed(0.5).next_delay(1234) == 0.5
+
+
+def test_budget_spaces_requests_after_the_burst() -> None:
+    budget = RateBudget(rate=10, burst=3)
+    waits = [budget.reserve(now=0.0) for _ in range(6)]
+    assert waits == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2, 0.3])
+
+
+def test_budget_refills_while_idle() -> None:
+    budget = RateBudget(rate=10, burst=2)
+    for _ in range(5):
+        budget.reserve(now=0.0)
+    assert budget.reserve(now=100.0) == 0.0
+    assert budget.reserve(now=100.0) == 0.0
+    assert budget.reserve(now=100.0) == pytest.approx(0.1)
+
+
+def test_pause_holds_back_every_request_until_it_passes() -> None:
+    budget = RateBudget(rate=100, burst=5)
+    budget.pause_until(10.0)
+    assert budget.is_paused(9.99)
+    assert not budget.is_paused(10.0)
+    assert budget.reserve(now=2.0) == pytest.approx(8.0)
+
+
+def test_unlimited_budget_still_honours_a_pause() -> None:
+    budget = RateBudget()
+    assert budget.reserve(now=1.0) == 0.0
+    budget.pause_until(3.0)
+    assert budget.reserve(now=1.0) == 2.0
+    budget.pause_until(2.0)  # an earlier pause never shortens a later one
+    assert budget.paused_until == 3.0
+
+
+@given(
+    st.floats(0.5, 1000),
+    st.integers(1, 20),
+    st.lists(st.floats(0, 0.5), min_size=1, max_size=200),
+)
+def test_budget_never_exceeds_rate_plus_burst_in_any_window(
+    rate: float, burst: int, gaps: list[float]
+) -> None:
+    budget = RateBudget(rate=rate, burst=burst)
+    now = 0.0
+    sends = []
+    for gap in gaps:
+        now += gap
+        sends.append(now + budget.reserve(now))
+    sends.sort()
+    # In any window of length w there are at most burst + rate*w sends.
+    for i, start in enumerate(sends):
+        for j in range(i, len(sends)):
+            window = sends[j] - start
+            assert j - i + 1 <= burst + rate * window + 1e-6
+
+
+def test_budget_rejects_nonsense() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RateBudget(rate=0)
+    with pytest.raises(ValueError, match="burst"):
+        RateBudget(rate=1, burst=0)
