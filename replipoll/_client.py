@@ -154,6 +154,7 @@ class Client:
             on_backoff=_log_retry,
             on_giveup=_record_attempts,
             raise_on_giveup=True,
+            logger=None,  # replipoll logs its own retries, without noise
         )(self.request_once)
 
     def __repr__(self) -> str:

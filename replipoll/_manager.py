@@ -501,9 +501,9 @@ class PollManager:
 
     def _observe(self, track: _Track, prediction: Prediction) -> bool:
         """Record ``prediction`` as the latest; return True if its status changed."""
-        old = track.last.status if track.last is not None else "unknown"
+        old = str(track.last.status) if track.last is not None else "unknown"
         track.last = prediction
-        new = prediction.status
+        new = str(prediction.status)
         if new == old:
             return False
         self._by_status[old] -= 1

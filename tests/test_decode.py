@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from replipoll import DecodeError, Prediction, Status
 from replipoll._decode import parse_timestamp, structure_prediction
 
@@ -90,13 +89,19 @@ def test_replicate_body_decodes_with_replicate_extras() -> None:
     [
         ("2023-09-08T16:19:34.765994Z", datetime(2023, 9, 8, 16, 19, 34, 765994, UTC)),
         ("2026-03-12T11:27:18.258Z", datetime(2026, 3, 12, 11, 27, 18, 258000, UTC)),
-        ("2024-11-06T17:11:57.625316416Z", datetime(2024, 11, 6, 17, 11, 57, 625316, UTC)),
+        (
+            "2024-11-06T17:11:57.625316416Z",
+            datetime(2024, 11, 6, 17, 11, 57, 625316, UTC),
+        ),
         ("2024-11-06T17:11:57Z", datetime(2024, 11, 6, 17, 11, 57, tzinfo=UTC)),
         (
             "2024-11-06T17:11:57.5+02:00",
             datetime(2024, 11, 6, 17, 11, 57, 500000, timezone(timedelta(hours=2))),
         ),
-        ("2024-11-06T17:11:57.123456789", datetime(2024, 11, 6, 17, 11, 57, 123456, UTC)),
+        (
+            "2024-11-06T17:11:57.123456789",
+            datetime(2024, 11, 6, 17, 11, 57, 123456, UTC),
+        ),
     ],
 )
 def test_timestamps_of_every_precision_become_aware_datetimes(
@@ -135,8 +140,15 @@ def test_unknown_fields_are_kept_everywhere_and_round_trip() -> None:
 
 def test_nulls_mean_absent() -> None:
     p = Prediction.from_json(
-        {"id": "x", "status": "starting", "urls": None, "metrics": None,
-         "data_removed": None, "started_at": None, "input": None}
+        {
+            "id": "x",
+            "status": "starting",
+            "urls": None,
+            "metrics": None,
+            "data_removed": None,
+            "started_at": None,
+            "input": None,
+        }
     )
     assert p.urls is None
     assert p.metrics is None
@@ -145,7 +157,9 @@ def test_nulls_mean_absent() -> None:
 
 
 def test_non_string_error_is_kept_readable() -> None:
-    p = Prediction.from_json({"id": "x", "status": "failed", "error": {"code": "E1001"}})
+    p = Prediction.from_json(
+        {"id": "x", "status": "failed", "error": {"code": "E1001"}}
+    )
     assert p.error == '{"code": "E1001"}'
 
 
@@ -160,14 +174,25 @@ def test_non_string_error_is_kept_readable() -> None:
         ({"id": "x", "status": {"a": 1}}, "status"),
         ({"id": "x", "status": "x", "data_removed": "false"}, "data_removed"),
         ({"id": "x", "status": "x", "created_at": "yesterday"}, "created_at"),
-        ({"id": "x", "status": "x", "metrics": {"predict_time": "1s"}}, "metrics.predict_time"),
-        ({"id": "x", "status": "x", "metrics": {"image_count": 1.5}}, "metrics.image_count"),
+        (
+            {"id": "x", "status": "x", "metrics": {"predict_time": "1s"}},
+            "metrics.predict_time",
+        ),
+        (
+            {"id": "x", "status": "x", "metrics": {"image_count": 1.5}},
+            "metrics.image_count",
+        ),
         ({"id": "x", "status": "x", "urls": []}, "urls"),
         ({"id": "x", "status": "x", "input": "prompt"}, "input"),
-        ({"id": "x", "status": "x", "metrics": {"predict_time": True}}, "metrics.predict_time"),
+        (
+            {"id": "x", "status": "x", "metrics": {"predict_time": True}},
+            "metrics.predict_time",
+        ),
     ],
 )
-def test_wrong_bodies_raise_decode_error_naming_the_field(body: Any, field: str) -> None:
+def test_wrong_bodies_raise_decode_error_naming_the_field(
+    body: Any, field: str
+) -> None:
     with pytest.raises(DecodeError) as info:
         structure_prediction(body, status=200, request_id="req-1")
     assert info.value.field == field
@@ -189,18 +214,38 @@ def test_output_urls_walks_nested_json_in_order() -> None:
             },
         }
     )
-    assert list(p.output_urls()) == ["https://a/1.png", "http://a/2.png", "https://a/t.png"]
+    assert list(p.output_urls()) == [
+        "https://a/1.png",
+        "http://a/2.png",
+        "https://a/t.png",
+    ]
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
 prediction_keys = st.sampled_from(
-    ["id", "status", "output", "input", "created_at", "started_at", "metrics",
-     "urls", "data_removed", "error", "logs", "version", "model", "deadline"]
+    [
+        "id",
+        "status",
+        "output",
+        "input",
+        "created_at",
+        "started_at",
+        "metrics",
+        "urls",
+        "data_removed",
+        "error",
+        "logs",
+        "version",
+        "model",
+        "deadline",
+    ]
 )
 near_predictions = st.dictionaries(
     prediction_keys | st.text(max_size=8), json_values, max_size=10
@@ -213,7 +258,8 @@ def test_arbitrary_json_yields_a_prediction_or_decode_error(data: Any) -> None:
     try:
         p = structure_prediction(data)
     except DecodeError as exc:
-        assert isinstance(exc.field, str)
+        field = exc.field
+        assert isinstance(field, str)
     else:
         assert isinstance(p, Prediction)
         assert isinstance(p.id, str)

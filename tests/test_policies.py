@@ -7,7 +7,6 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from replipoll import (
     AuthenticationError,
     BadRequestError,
@@ -63,7 +62,9 @@ def test_retry_after_beyond_the_cap_is_not_retried() -> None:
 
 
 @given(st.integers(1, 200), st.integers(0, 2**32))
-def test_backoff_is_full_jitter_under_an_exponential_cap(attempt: int, seed: int) -> None:
+def test_backoff_is_full_jitter_under_an_exponential_cap(
+    attempt: int, seed: int
+) -> None:
     policy = RetryPolicy(base_delay=0.5, max_delay=30)
     delay = policy.delay(ServerError("x", status=500), attempt, random.Random(seed))
     assert 0 <= delay <= min(30, 0.5 * 2 ** (attempt - 1))

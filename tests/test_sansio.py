@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from urllib.parse import unquote, urlsplit
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from replipoll import (
     AuthenticationError,
     BadRequestError,
@@ -38,8 +37,27 @@ NOW = 1_700_000_000.0
 
 @pytest.mark.parametrize(
     "bad",
-    ["", " ", "a b", "\t", "a/b", "../x", "..", ".", "a\\b", "a?b", "a#b", "a\x00b",
-     "a\nb", "\x7f", "a\u200bb", "x" * (MAX_ID_LENGTH + 1), None, 123, b"abc"],
+    [
+        "",
+        " ",
+        "a b",
+        "\t",
+        "a/b",
+        "../x",
+        "..",
+        ".",
+        "a\\b",
+        "a?b",
+        "a#b",
+        "a\x00b",
+        "a\nb",
+        "\x7f",
+        "a\u200bb",
+        "x" * (MAX_ID_LENGTH + 1),
+        None,
+        123,
+        b"abc",
+    ],
 )
 def test_bad_ids_are_rejected_before_any_request(bad: object) -> None:
     with pytest.raises(InvalidPredictionIdError) as info:
@@ -49,7 +67,14 @@ def test_bad_ids_are_rejected_before_any_request(bad: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "good", ["gm3qorzdhgbfurvjtvhg6dckhu", "0b1c2d3e-aaaa-bbbb-cccc-1234567890ab", "a.b", "%2F", "ü"]
+    "good",
+    [
+        "gm3qorzdhgbfurvjtvhg6dckhu",
+        "0b1c2d3e-aaaa-bbbb-cccc-1234567890ab",
+        "a.b",
+        "%2F",
+        "ü",
+    ],
 )
 def test_good_ids_pass_and_are_escaped_into_one_path_segment(good: str) -> None:
     assert validate_prediction_id(good) == good
@@ -85,7 +110,10 @@ def test_any_text_id_is_rejected_or_stays_inside_predictions(pid: str) -> None:
         ("https://api.replicate.com/v1", "https://api.replicate.com/v1"),
         ("https://api.replicate.com/v1/", "https://api.replicate.com/v1"),
         ("http://127.0.0.1:8080/replicate/v1//", "http://127.0.0.1:8080/replicate/v1"),
-        ("https://gateway.ai.cloudflare.com/v1/acc/gw/replicate", "https://gateway.ai.cloudflare.com/v1/acc/gw/replicate"),
+        (
+            "https://gateway.ai.cloudflare.com/v1/acc/gw/replicate",
+            "https://gateway.ai.cloudflare.com/v1/acc/gw/replicate",
+        ),
     ],
 )
 def test_base_urls_are_normalised(given_url: str, expected: str) -> None:
@@ -94,8 +122,16 @@ def test_base_urls_are_normalised(given_url: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "api.replicate.com/v1", "ftp://x/v1", "https://", "https://x/v1?key=1",
-     "https://x/v1#frag", "https://user:secret@x/v1", "https://x:notaport/v1"],
+    [
+        "",
+        "api.replicate.com/v1",
+        "ftp://x/v1",
+        "https://",
+        "https://x/v1?key=1",
+        "https://x/v1#frag",
+        "https://user:secret@x/v1",
+        "https://x:notaport/v1",
+    ],
 )
 def test_bad_base_urls_raise_configuration_error(bad: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -120,7 +156,9 @@ def test_bad_base_urls_raise_configuration_error(bad: str) -> None:
         ("Wed, 21 Oct 2015 07:28:00", None),  # no zone: unusable
     ],
 )
-def test_retry_after_as_seconds_or_http_date(value: str | None, expected: float | None) -> None:
+def test_retry_after_as_seconds_or_http_date(
+    value: str | None, expected: float | None
+) -> None:
     assert parse_retry_after(value, NOW) == expected
 
 
@@ -140,10 +178,20 @@ def test_request_id_from_headers_then_comet_message() -> None:
 
 @pytest.mark.parametrize(
     ("status", "cls"),
-    [(400, BadRequestError), (401, AuthenticationError), (403, AuthenticationError),
-     (404, NotFoundError), (422, BadRequestError), (429, RateLimitedError),
-     (500, ServerError), (502, ServerError), (503, ServerError), (504, ServerError),
-     (524, ServerError), (418, BadRequestError)],
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (422, BadRequestError),
+        (429, RateLimitedError),
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (504, ServerError),
+        (524, ServerError),
+        (418, BadRequestError),
+    ],
 )
 def test_status_maps_to_error_class(status: int, cls: type[Exception]) -> None:
     error = error_for_response(status, {"X-Request-Id": "r1"}, b"", now=NOW, url="u")
@@ -153,15 +201,23 @@ def test_status_maps_to_error_class(status: int, cls: type[Exception]) -> None:
 
 
 def test_problem_json_detail_becomes_the_message() -> None:
-    body = json.dumps({"title": "Not found", "detail": "Prediction not found", "status": 404}).encode()
+    body = json.dumps(
+        {"title": "Not found", "detail": "Prediction not found", "status": 404}
+    ).encode()
     error = error_for_response(404, {}, body, now=NOW)
     assert error.message == "Prediction not found"
 
 
 def test_comet_envelope_message_and_request_id() -> None:
     body = json.dumps(
-        {"error": {"message": "upstream failed (request id: 2026031211abc)",
-                   "type": "comet_api_error", "param": "", "code": ""}}
+        {
+            "error": {
+                "message": "upstream failed (request id: 2026031211abc)",
+                "type": "comet_api_error",
+                "param": "",
+                "code": "",
+            }
+        }
     ).encode()
     error = error_for_response(503, {}, body, now=NOW)
     assert isinstance(error, ServerError)
@@ -170,7 +226,10 @@ def test_comet_envelope_message_and_request_id() -> None:
 
 
 def test_html_error_page_message_is_its_title() -> None:
-    body = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>...</body></html>"
+    body = (
+        b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+        b"<body>...</body></html>"
+    )
     error = error_for_response(502, {}, body, now=NOW)
     assert error.message == "HTML page: 502 Bad Gateway"
 
@@ -185,7 +244,9 @@ def test_429_retry_after_from_header_body_or_detail_text() -> None:
     from_header = error_for_response(429, {"Retry-After": "2"}, throttled, now=NOW)
     assert isinstance(from_header, RateLimitedError)
     assert from_header.retry_after == 2.0
-    from_body = error_for_response(429, {}, b'{"detail":"slow down","retry_after":7}', now=NOW)
+    from_body = error_for_response(
+        429, {}, b'{"detail":"slow down","retry_after":7}', now=NOW
+    )
     assert isinstance(from_body, RateLimitedError)
     assert from_body.retry_after == 7.0
     from_text = error_for_response(429, {}, throttled, now=NOW)
@@ -196,7 +257,10 @@ def test_429_retry_after_from_header_body_or_detail_text() -> None:
     assert none.retry_after is None
 
 
-@pytest.mark.parametrize("body", [b'{"id": "x", "stat', b"<html><title>Login</title></html>", b"", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body",
+    [b'{"id": "x", "stat', b"<html><title>Login</title></html>", b"", b"\xff\xfe"],
+)
 def test_unparseable_200_is_a_transient_decode_error(body: bytes) -> None:
     with pytest.raises(DecodeError) as info:
         decode_prediction(200, {"X-Request-Id": "r9"}, body, url="u")
