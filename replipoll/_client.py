@@ -89,10 +89,10 @@ class Client:
     """
 
     __slots__ = (
-        "_attempt_with_retries",
         "_closed",
         "_headers",
         "_owns_session",
+        "_retry_attempts",
         "_session",
         "_timeout",
         "base_url",
@@ -145,16 +145,19 @@ class Client:
         self._session = session
         self._owns_session = session is None
         self._closed = False
-        self._attempt_with_retries = backoff.on_exception(
+        # Attempts 2..max_attempts run under backoff; the first goes straight
+        # out (see _call), so a request that succeeds pays nothing for them.
+        self._retry_attempts = backoff.on_exception(
             self.retry.wait_gen,
             RequestError,
-            max_tries=self.retry.max_attempts,
+            max_tries=self.retry.max_attempts - 1,
             giveup=lambda exc: not self.retry.is_retryable(exc),
             jitter=None,
             on_backoff=_log_retry,
             on_giveup=_record_attempts,
             raise_on_giveup=True,
             logger=None,  # replipoll logs its own retries, without noise
+            first_attempt=2,
         )(self.request_once)
 
     def __repr__(self) -> str:
@@ -214,7 +217,7 @@ class Client:
                 the failure was worth retrying (``attempts`` says how many).
         """
         url = prediction_url(self.base_url, validate_prediction_id(prediction_id))
-        return await self._attempt_with_retries("GET", url)
+        return await self._call("GET", url)
 
     async def cancel(self, prediction_id: str) -> Prediction:
         """Cancel a prediction: ``POST {base_url}/predictions/{id}/cancel``.
@@ -224,7 +227,7 @@ class Client:
         """
         pid = validate_prediction_id(prediction_id)
         url = prediction_url(self.base_url, pid, "cancel")
-        return await self._attempt_with_retries("POST", url)
+        return await self._call("POST", url)
 
     async def wait(
         self,
@@ -250,6 +253,17 @@ class Client:
         ) as manager:
             return await manager.submit(prediction_id)
 
+    async def _call(self, method: str, url: str) -> Prediction:
+        try:
+            return await self.request_once(method, url)
+        except RequestError as error:
+            if not self.retry.should_retry(error, 1):
+                raise
+            wait = self.retry.delay(error, 1)
+            _log_retry({"exception": error, "tries": 0, "wait": wait})
+        await asyncio.sleep(wait)
+        return await self._retry_attempts(method, url)
+
     async def request_once(
         self, method: str, url: str, budget: RateBudget | None = None
     ) -> Prediction:
@@ -267,7 +281,9 @@ class Client:
             RequestError: a subclass saying what failed; ``attempts`` is 1.
         """
         budget = self.budget if budget is None else budget
-        await wait_for_budget(budget)
+        delay = budget.reserve(time.monotonic())
+        if delay > 0:  # no await at all when a slot is free
+            await wait_for_slot(budget, delay)
         return await self.send(method, url, budget)
 
     async def send(self, method: str, url: str, budget: RateBudget) -> Prediction:
@@ -321,10 +337,12 @@ class Client:
         raise error
 
 
-async def wait_for_budget(budget: RateBudget) -> float:
-    """Wait until ``budget`` hands out a slot; return the seconds waited."""
+async def wait_for_slot(budget: RateBudget, delay: float) -> float:
+    """Wait ``delay`` seconds for a slot already booked in ``budget``.
+
+    If a pause began meanwhile, book again after it. Return the seconds waited.
+    """
     start = now = time.monotonic()
-    delay = budget.reserve(now)
     while delay > 0:
         await asyncio.sleep(delay)
         now = time.monotonic()
@@ -339,17 +357,17 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 200 else text[:199] + "…"
 
 
+# backoff counts the attempts it ran; the first attempt ran before it.
 def _log_retry(details: Any) -> None:
-    error = details["exception"]
     logger.warning(
         "retrying in %.2fs after attempt %d failed: %s",
         details["wait"],
-        details["tries"],
-        error,
+        details["tries"] + 1,
+        details["exception"],
     )
 
 
 def _record_attempts(details: Any) -> None:
     error = details["exception"]
     if isinstance(error, RequestError):
-        error.attempts = details["tries"]
+        error.attempts = details["tries"] + 1

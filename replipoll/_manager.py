@@ -17,6 +17,7 @@ import functools
 import heapq
 import inspect
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -24,7 +25,7 @@ from typing import Final, Self
 
 import attrs
 
-from ._client import Client, wait_for_budget
+from ._client import Client, wait_for_slot
 from ._errors import PollTimeout, RateLimitedError, RequestError
 from ._models import Prediction
 from ._sansio import prediction_url, validate_prediction_id
@@ -433,7 +434,9 @@ class PollManager:
         if loop.time() >= track.deadline:
             await self._time_out(track)
             return
-        self._budget_wait += await wait_for_budget(self.budget)
+        delay = self.budget.reserve(time.monotonic())
+        if delay > 0:
+            self._budget_wait += await wait_for_slot(self.budget, delay)
         self._requests += 1
         self._in_flight += 1
         if self._in_flight > self._peak:

@@ -92,13 +92,19 @@ class RetryPolicy:
             return max(error.retry_after, jittered)
         return jittered
 
-    def wait_gen(self) -> Generator[float, ReplipollError | None, None]:
+    def wait_gen(
+        self, first_attempt: int = 1
+    ) -> Generator[float, ReplipollError | None, None]:
         """A wait generator for :func:`backoff.on_exception` (use ``jitter=None``).
 
         ``backoff`` sends each exception in, so the wait can honour its
         ``retry_after``; jitter is applied here, never on top of it.
+
+        Args:
+            first_attempt: The number of the first attempt backoff will run
+                (2 when the caller made attempt 1 itself).
         """
-        attempt = 0
+        attempt = first_attempt - 1
         error = yield 0.0  # primed by backoff with send(None)
         while True:
             attempt += 1

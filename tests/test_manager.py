@@ -1,0 +1,404 @@
+"""PollManager against the fake server: bounds, budget, deadlines, dedup, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+import pytest
+
+import replipoll
+from replipoll import (
+    Client,
+    NotFoundError,
+    PollManager,
+    PollPolicy,
+    PollTimeout,
+    Prediction,
+    RetryPolicy,
+)
+from replipoll.testing import FakeReplicate, Fault
+
+QUICK = PollPolicy(min_interval=0.05, age_factor=0.1, max_interval=0.2, jitter=0.1)
+
+
+def other_tasks() -> set[asyncio.Task[object]]:
+    """Tasks still alive besides this test's and the in-process server's."""
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if t is not asyncio.current_task()
+        and not t.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
+    }
+
+
+async def test_poll_many_returns_one_result_per_id_in_input_order(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = [
+        fake_replicate.add_prediction(duration=d, outcome=o)
+        for d, o in [
+            (0.3, "succeeded"),
+            (0.0, "failed"),
+            (0.1, "canceled"),
+            (0.2, "aborted"),
+        ]
+    ]
+    async with PollManager(client, policy=QUICK) as manager:
+        results = await manager.poll_many([*ids, ids[0], "missing", "bad/id"])
+    assert [r.id for r in results] == [*ids, ids[0], "missing", "bad/id"]
+    assert [r.prediction.status for r in results[:5] if r.prediction] == [
+        "succeeded",
+        "failed",
+        "canceled",
+        "aborted",
+        "succeeded",
+    ]
+    assert all(r.ok for r in results[:5])
+    assert results[0].succeeded
+    assert not results[1].succeeded
+    assert isinstance(results[5].error, NotFoundError)
+    assert isinstance(results[6].error, replipoll.InvalidPredictionIdError)
+    assert not other_tasks()
+
+
+async def test_submitting_an_id_twice_shares_one_poll_stream(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=0.3)
+    async with PollManager(client, policy=PollPolicy.fixed(0.1)) as manager:
+        first = manager.submit(pid)
+        second = manager.submit(pid)
+        assert first is second
+        a, b = await asyncio.gather(first, second)
+    assert a is b
+    # One stream: about 0.3 s / 0.1 s polls, not twice that.
+    assert fake_replicate.stats.requests_per_id[pid] <= 6
+
+
+async def test_in_flight_requests_never_exceed_max_concurrency(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    fake_replicate.add_fault(Fault.slow(0.02), times=None)
+    ids = fake_replicate.add_predictions(300, duration=0.2)
+    async with PollManager(client, max_concurrency=8, policy=QUICK) as manager:
+        results = await manager.poll_many(ids)
+        assert manager.stats.peak_in_flight == 8
+    assert all(r.succeeded for r in results)
+    assert fake_replicate.stats.peak_in_flight == 8
+
+
+async def test_request_rate_stays_within_the_budget(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = fake_replicate.add_predictions(60, duration=0.0)
+    rate, burst = 100.0, 5
+    async with PollManager(client, rate_limit=rate, burst=burst) as manager:
+        start = time.monotonic()
+        await manager.poll_many(ids)
+        elapsed = time.monotonic() - start
+    assert elapsed >= (60 - burst) / rate * 0.95
+    times = sorted(r.time for r in fake_replicate.stats.request_log)
+    for i, t in enumerate(times):
+        window = [u for u in times[i:] if u - t <= 0.1]
+        assert len(window) <= burst + rate * 0.1 + 2  # +2: loopback scheduling slack
+
+
+async def test_retry_after_pauses_every_id_and_no_request_comes_early(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = fake_replicate.add_predictions(200, duration=0.1)
+    for pid in ids[::20]:
+        fake_replicate.add_fault(Fault.rate_limited(0.15), prediction_id=pid)
+    async with PollManager(client, max_concurrency=16, policy=QUICK) as manager:
+        results = await manager.poll_many(ids)
+        stats = manager.stats
+    assert all(r.succeeded for r in results)
+    assert stats.throttled == 10
+    assert fake_replicate.stats.early_requests == 0
+
+
+async def test_transient_faults_are_retried_through_the_schedule(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = fake_replicate.add_predictions(50, duration=0.05)
+    faults = [
+        Fault.server_error(),
+        Fault.bad_gateway_html(),
+        Fault.unavailable_comet(),
+        Fault.gateway_timeout_empty(),
+        Fault.cloudflare_timeout(),
+        Fault.reset(),
+        Fault.truncated_json(),
+        Fault.html_200(),
+    ]
+    for i, pid in enumerate(ids):
+        fake_replicate.add_fault(faults[i % len(faults)], prediction_id=pid)
+    async with PollManager(client, policy=QUICK) as manager:
+        results = await manager.poll_many(ids)
+        assert manager.stats.retries >= 40
+    assert all(r.succeeded for r in results)
+
+
+async def test_retries_exhausted_end_that_id_only_with_the_attempt_count(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    good, bad = fake_replicate.add_predictions(2)
+    fake_replicate.add_fault(Fault.server_error(), prediction_id=bad, times=None)
+    async with PollManager(client, policy=QUICK) as manager:
+        ok, failed = await manager.poll_many([good, bad])
+    assert ok.succeeded
+    assert isinstance(failed.error, replipoll.ServerError)
+    assert failed.error.attempts == client.retry.max_attempts
+
+
+async def test_deadline_ends_an_id_with_poll_timeout_and_the_last_record(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    slow, quick = (
+        fake_replicate.add_prediction(duration=60),
+        fake_replicate.add_prediction(),
+    )
+    async with PollManager(client, task_timeout=0.4, policy=QUICK) as manager:
+        start = time.monotonic()
+        late, done = await manager.poll_many([slow, quick])
+        assert time.monotonic() - start < 1.5
+    assert isinstance(late.error, PollTimeout)
+    assert late.prediction is not None
+    assert late.prediction.status == "processing"
+    assert late.error.last is late.prediction
+    assert done.succeeded
+
+
+async def test_deadline_fires_during_a_retry_wait(
+    fake_replicate: FakeReplicate,
+) -> None:
+    pid = fake_replicate.add_prediction()
+    fake_replicate.add_fault(Fault.rate_limited(5.0), prediction_id=pid)
+    async with Client(
+        base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
+    ) as client:
+        async with PollManager(client, task_timeout=0.3) as manager:
+            start = time.monotonic()
+            (result,) = await manager.poll_many([pid])
+            assert time.monotonic() - start < 1.0
+    assert isinstance(result.error, PollTimeout)
+    assert result.prediction is None
+
+
+async def test_deadline_cuts_a_hanging_request_short(
+    fake_replicate: FakeReplicate,
+) -> None:
+    pid = fake_replicate.add_prediction()
+    fake_replicate.add_fault(Fault.slow(5.0), prediction_id=pid)
+    async with Client(
+        base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
+    ) as client:
+        async with PollManager(client, task_timeout=0.3) as manager:
+            start = time.monotonic()
+            (result,) = await manager.poll_many([pid])
+            assert time.monotonic() - start < 1.5
+    assert isinstance(result.error, PollTimeout)
+
+
+async def test_cancel_on_timeout_cancels_remotely(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    async with PollManager(
+        client, task_timeout=0.2, cancel_on_timeout=True, policy=QUICK
+    ) as manager:
+        (result,) = await manager.poll_many([pid])
+    assert isinstance(result.error, PollTimeout)
+    assert result.prediction is not None
+    assert result.prediction.status == "canceled"
+    assert fake_replicate.prediction_state(pid)["status"] == "canceled"
+
+
+async def test_undocumented_status_keeps_polling_and_is_logged_once(
+    client: Client, fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = fake_replicate.add_predictions(3, outcome="paused_by_gateway")
+    with caplog.at_level(logging.WARNING, logger="replipoll"):
+        async with PollManager(client, task_timeout=0.4, policy=QUICK) as manager:
+            results = await manager.poll_many(ids)
+    assert all(isinstance(r.error, PollTimeout) for r in results)
+    assert all(
+        r.prediction and r.prediction.status == "paused_by_gateway" for r in results
+    )
+    assert all(fake_replicate.stats.requests_per_id[i] > 2 for i in ids)
+    undocumented = [
+        r for r in caplog.records if "undocumented status" in r.getMessage()
+    ]
+    assert len(undocumented) == 1
+
+
+async def test_local_cancel_stops_polling_that_id(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    async with PollManager(client, policy=QUICK) as manager:
+        future = manager.submit(pid)
+        await asyncio.sleep(0.1)
+        assert await manager.cancel(pid) is None
+        assert future.cancelled()
+        seen = fake_replicate.stats.requests_per_id[pid]
+        await asyncio.sleep(0.3)
+        assert fake_replicate.stats.requests_per_id[pid] == seen
+        assert manager.stats.tracked == 0
+
+
+async def test_remote_cancel_resolves_the_id_as_canceled(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    async with PollManager(client, policy=QUICK) as manager:
+        future = manager.submit(pid)
+        answer = await manager.cancel(pid, remote=True)
+        assert answer is not None
+        assert answer.status == "canceled"
+        assert (await future).status == "canceled"
+
+
+async def test_on_update_sees_each_status_change_once(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(queue=0.15, duration=0.15)
+    seen: list[str] = []
+
+    async def record(p: Prediction) -> None:
+        seen.append(str(p.status))
+
+    async with PollManager(client, policy=QUICK, on_update=record) as manager:
+        await manager.submit(pid)
+    assert seen == ["starting", "processing", "succeeded"]
+
+
+async def test_a_raising_on_update_fails_that_id_only(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    boom, fine = fake_replicate.add_predictions(2)
+
+    def callback(p: Prediction) -> None:
+        if p.id == boom:
+            raise RuntimeError("callback broke")
+
+    async with PollManager(client, on_update=callback) as manager:
+        bad, good = await manager.poll_many([boom, fine])
+    assert isinstance(bad.error, RuntimeError)
+    assert good.succeeded
+
+
+async def test_as_completed_yields_in_finishing_order(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    slow = fake_replicate.add_prediction(duration=0.5)
+    fast = fake_replicate.add_prediction(duration=0.0)
+    async with PollManager(client, policy=QUICK) as manager:
+        order = [r.id async for r in manager.as_completed([slow, fast, "missing"])]
+    assert order.index(fast) < order.index(slow)
+    assert sorted(order) == sorted([slow, fast, "missing"])
+
+
+async def test_stats_count_requests_statuses_and_throttling(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = fake_replicate.add_predictions(5)
+    failed = fake_replicate.add_prediction(outcome="failed")
+    fake_replicate.add_fault(Fault.rate_limited(0.05), prediction_id=ids[0])
+    async with PollManager(client, policy=QUICK) as manager:
+        await manager.poll_many([*ids, failed, "missing"])
+        stats = manager.stats
+    assert stats.by_status == {"succeeded": 5, "failed": 1, "unknown": 1}
+    assert stats.finished == 7
+    assert stats.errors == 1
+    assert stats.throttled == 1
+    assert stats.retries == 1
+    assert stats.requests == fake_replicate.stats.total_requests
+    assert stats.tracked == 0
+    assert stats.in_flight == 0
+
+
+async def test_exit_cancels_unfinished_ids_and_leaves_no_task(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    async with PollManager(client, policy=QUICK) as manager:
+        future = manager.submit(pid)
+        await asyncio.sleep(0.1)
+    assert future.cancelled()
+    assert not other_tasks()
+    with pytest.raises(RuntimeError, match="closed"):
+        manager.submit(pid)
+
+
+async def test_cancelling_the_awaiting_task_mid_batch_cleans_up(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = fake_replicate.add_predictions(200, duration=10)
+    fake_replicate.add_fault(Fault.slow(0.05), times=None)
+
+    async def batch() -> None:
+        async with PollManager(client, max_concurrency=8, policy=QUICK) as manager:
+            await manager.poll_many(ids)
+
+    task = asyncio.create_task(batch())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not other_tasks()
+    # The client is still usable afterwards.
+    assert (await client.get(ids[0])).status == "processing"
+
+
+async def test_closing_the_client_mid_batch_ends_each_id_with_a_clear_error(
+    fake_replicate: FakeReplicate,
+) -> None:
+    ids = fake_replicate.add_predictions(50, duration=10)
+    client = Client(
+        base_url=fake_replicate.base_url(),
+        api_key=fake_replicate.api_key,
+        retry=RetryPolicy(max_attempts=2, base_delay=0.01),
+    )
+    async with PollManager(client, policy=QUICK) as manager:
+        batch = asyncio.create_task(manager.poll_many(ids))
+        await asyncio.sleep(0.2)
+        await client.close()
+        results = await asyncio.wait_for(batch, 5)
+    assert len(results) == 50
+    assert all(r.error is not None for r in results)
+    kinds = Counter(type(r.error).__name__ for r in results)
+    assert set(kinds) <= {"ClientClosedError", "ConnectError"}
+    assert not other_tasks()
+
+
+async def test_five_thousand_ids_finish_with_exactly_one_result_each(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = fake_replicate.add_predictions(
+        5000,
+        lambda i: {
+            "duration": (i % 5) * 0.1,
+            "outcome": ["succeeded", "failed", "canceled", "aborted"][i % 4],
+        },
+    )
+    missing = [f"missing{i}" for i in range(20)]
+    async with PollManager(client, max_concurrency=32, policy=QUICK) as manager:
+        results = await manager.poll_many(ids + missing)
+        stats = manager.stats
+    assert [r.id for r in results] == ids + missing
+    assert all(r.ok for r in results[:5000])
+    assert all(isinstance(r.error, NotFoundError) for r in results[5000:])
+    assert stats.finished == 5020
+    assert stats.tracked == 0
+    assert fake_replicate.stats.peak_in_flight <= 32
+
+
+async def test_wait_and_manager_reject_nonsense_options(client: Client) -> None:
+    with pytest.raises(ValueError, match="max_concurrency"):
+        PollManager(client, max_concurrency=0)
+    with pytest.raises(ValueError, match="task_timeout"):
+        PollManager(client, task_timeout=0)
