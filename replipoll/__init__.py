@@ -12,6 +12,7 @@ re-expose it (DeerAPI, CometAPI, any base URL serving the same paths):
 """
 
 from ._client import Client
+from ._download import DownloadReport, SavedFile, save_outputs
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -57,6 +58,7 @@ __all__ = [
     "ConnectError",
     "DecodeError",
     "DownloadError",
+    "DownloadReport",
     "HTTPStatusError",
     "InvalidPredictionIdError",
     "MissingAPIKeyError",
@@ -76,9 +78,11 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "RetryPolicy",
+    "SavedFile",
     "ServerError",
     "Status",
     "Timeouts",
     "TransportError",
     "__version__",
+    "save_outputs",
 ]
