@@ -1,0 +1,124 @@
+"""Development sessions: ``nox`` runs tests, lint, mypy and docs; see CONTRIBUTING.md.
+
+Each session installs what it needs from PyPI into its own virtualenv, so
+they work on a fresh machine that has only Python and nox.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_external_run = True
+nox.options.sessions = ["tests", "lint", "mypy", "docs"]
+
+ROOT = Path(__file__).parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+# Every version the classifiers promise; nox skips the ones not installed
+# (unless --error-on-missing-interpreters, which CI systems may set).
+PYTHONS = [
+    classifier.rsplit(" ", 1)[-1]
+    for classifier in PYPROJECT["project"]["classifiers"]
+    if classifier.startswith("Programming Language :: Python :: 3.")
+]
+
+# The pinned ruff of the `dev` extra, so that nox, CI and pre-commit agree.
+RUFF = next(
+    req
+    for req in PYPROJECT["project"]["optional-dependencies"]["dev"]
+    if req.startswith("ruff")
+)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (tests/, docs/, README.md) with branch coverage."""
+    session.install("-e", ".[tests]")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "--cov=replipoll",
+        "--cov-branch",
+        "--cov-report=term-missing:skip-covered",
+        *session.posargs,
+        env={"COVERAGE_FILE": f".coverage.{session.python}"},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff: lint rules and formatting (check only; `ruff format` fixes)."""
+    session.install(RUFF)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def mypy(session: nox.Session) -> None:
+    """mypy --strict on the package, and on tests/typing/usage.py (user code)."""
+    session.install("-e", ".[typing]")
+    session.run("mypy", "--strict", "replipoll", "tests/typing/usage.py")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the HTML docs with warnings as errors and nitpicky references."""
+    session.install("-e", ".[docs]")
+    shutil.rmtree(ROOT / "docs" / "_build", ignore_errors=True)
+    builder = session.posargs[0] if session.posargs else "html"
+    # fmt: off
+    args = [
+        "-T", "-E",             # full tracebacks, fresh environment
+        "-W", "--keep-going",   # warnings are errors; report them all
+        "-n",                   # nitpicky: every reference must resolve
+        "-b", builder,
+        "-d", "docs/_build/doctrees",
+        "docs", f"docs/_build/{builder}",
+    ]
+    # fmt: on
+    session.run("python", "-m", "sphinx", *args)
+
+
+@nox.session
+def docs_linkcheck(session: nox.Session) -> None:
+    """Check the docs' external links (needs the internet; not run by default)."""
+    session.install("-e", ".[docs]")
+    session.run(
+        "python",
+        "-m",
+        "sphinx",
+        "-b",
+        "linkcheck",
+        "-d",
+        "docs/_build/doctrees",
+        "docs",
+        "docs/_build/linkcheck",
+        env={"REPLIPOLL_DOCS_INTERSPHINX": "1"},
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (bench/run_all.py) against the local fake server."""
+    script = ROOT / "bench" / "run_all.py"
+    if not script.exists():
+        session.skip("bench/run_all.py does not exist yet")
+    session.install("-e", ".[bench]")
+    session.run("python", str(script.relative_to(ROOT)), *session.posargs)
+
+
+@nox.session
+def coverage_report(session: nox.Session) -> None:
+    """Combine the coverage files of several `tests` runs into one report."""
+    session.install("coverage[toml]>=7")
+    files = [str(path) for path in ROOT.glob(".coverage.*")]
+    if not files:
+        session.skip("no coverage data; run `nox -s tests` first")
+    session.run("coverage", "combine", "--keep", *files)
+    session.run("coverage", "report")
