@@ -359,7 +359,7 @@ async def save_outputs(
 
     Every ``http(s)`` URL in ``prediction.output`` is saved (one URL, a list,
     or URLs nested in objects: see :meth:`Prediction.output_urls`; a URL
-    listed twice is saved once). Files are named by :func:`output_names`
+    listed twice is saved once). Files are named by ``output_names()``
     inside a directory named after the prediction id, so outputs of different
     predictions never collide. Each file is streamed to a temporary
     ``.NAME.*.part`` file in that directory and renamed into place only once
