@@ -1,0 +1,376 @@
+"""The commands: ``demo``, ``get``, ``poll``, ``download``, ``fake-server``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .._errors import ConfigurationError
+from .._models import Prediction
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Interrupted,
+    api_options,
+    ids_options,
+    make_client,
+    progress_option,
+    progress_wanted,
+    run_async,
+    say,
+    stderr,
+    stdout,
+)
+from ._ui import prediction_view
+
+__all__ = ["demo", "download", "fake_server", "get", "poll"]
+
+
+def read_ids(args: tuple[str, ...], from_file: str | None) -> list[str]:
+    """The ids of a command, or a one-line error (exit 2) if there are none.
+
+    Raises:
+        ConfigurationError: ``--from FILE`` cannot be read.
+        click.UsageError: no ids at all.
+    """
+    from ._poll import gather_ids
+
+    try:
+        wanted = gather_ids(args, from_file, sys.stdin)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigurationError(
+            f"cannot read ids from {from_file}: {reason}"
+        ) from None
+    if not wanted:
+        raise click.UsageError(
+            "no prediction ids given (arguments, --from FILE or '-')"
+        )
+    return wanted
+
+
+@click.command()
+@click.option(
+    "--predictions",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="How many scripted predictions.",
+)
+@click.option(
+    "--concurrency",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most requests in flight.",
+)
+@click.option(
+    "--seed", default=7, show_default=True, help="Seeds durations, outcomes and faults."
+)
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 10),
+    help="Multiply every scripted duration (0.2 = five times faster).",
+)
+@progress_option
+def demo(
+    predictions: int,
+    concurrency: int,
+    seed: int,
+    time_scale: float,
+    progress: bool | None,
+) -> int:
+    """Poll a few hundred predictions on a built-in fake server.
+
+    Runs on loopback with no API key and no network: mixed durations and
+    outcomes, unknown ids, a 429 storm, a slow gateway, 5xx and resets. Ends
+    with a summary. Takes about 15 seconds.
+    """
+    from ._demo import print_demo, run_demo
+
+    result = run_async(
+        run_demo(
+            predictions=predictions,
+            seed=seed,
+            scale=time_scale,
+            concurrency=concurrency,
+            console=stderr,
+            progress=progress_wanted(progress),
+        )
+    )
+    print_demo(result, stdout)
+    return EXIT_OK
+
+
+@click.command()
+@click.argument("prediction_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@api_options
+def get(
+    prediction_id: str,
+    as_json: bool,
+    provider: str,
+    base_url: str | None,
+    api_key_env: str | None,
+) -> int:
+    """Show one prediction, whatever its status (exit 0 once fetched)."""
+    client = make_client(provider, base_url, api_key_env)
+
+    async def fetch() -> Prediction:
+        async with client:
+            return await client.get(prediction_id)
+
+    prediction = run_async(fetch())
+    if as_json:
+        click.echo(json.dumps(prediction.to_json(), indent=2))
+        return EXIT_OK
+    stdout.print(prediction_view(prediction))
+    return EXIT_OK
+
+
+@click.command()
+@ids_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append one JSON line per finished id to this file; rerun with the "
+    "same file to resume. Default: standard output.",
+)
+@click.option(
+    "--concurrency",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most requests in flight.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Most requests per second (retries included).",
+)
+@click.option(
+    "--timeout",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds each id may take to finish (0: no limit).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No summary line at the end.")
+@progress_option
+@api_options
+def poll(
+    ids: tuple[str, ...],
+    from_file: str | None,
+    out: Path | None,
+    concurrency: int,
+    rate: float | None,
+    timeout: float,
+    quiet: bool,
+    progress: bool | None,
+    provider: str,
+    base_url: str | None,
+    api_key_env: str | None,
+) -> int:
+    """Poll many predictions until each is finished.
+
+    Ids come as arguments, from --from FILE, or from standard input ('-').
+    Each finished id is written at once as one JSON line (to --out, else to
+    standard output). With --out, a rerun skips ids already finished there,
+    and killing the process at any moment loses no finished result.
+    """
+    from ._poll import BatchRun, print_summary, run_batch
+    from ._resultlog import ResultLog
+
+    client = make_client(provider, base_url, api_key_env)
+    wanted = read_ids(ids, from_file)
+    show = progress_wanted(progress)
+    log = ResultLog(out) if out is not None else None
+    if log is not None:
+        try:
+            contents = log.open()
+        except BlockingIOError:
+            raise ConfigurationError(
+                f"{out} is in use by another replipoll process"
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot open {out}: {exc.strerror or exc}"
+            ) from None
+        finished = contents.finished()
+        done = {pid: contents.results[pid] for pid in wanted if pid in finished}
+    else:
+        done = {}
+    run = BatchRun(wanted, done, log=log)
+    if show and done:
+        say(f"resuming: {len(done)} of {len(wanted)} ids already finished in {out}")
+
+    async def main_task() -> None:
+        async with client:
+            await run_batch(
+                run,
+                client,
+                concurrency=concurrency,
+                rate=rate,
+                timeout=timeout or None,
+                console=stderr if show else None,
+            )
+
+    try:
+        run_async(main_task())
+    except Interrupted as stop:
+        hint = (
+            f"run the same command again to resume (finished ids are kept in {out})"
+            if out is not None
+            else "use --out FILE to make a batch resumable"
+        )
+        say(f"{run.summary_line(interrupted=True)}; {hint}")
+        return stop.code
+    finally:
+        if log is not None:
+            log.close()
+    if show:
+        print_summary(run, stdout if out is not None else stderr)
+    elif not quiet:
+        say(run.summary_line())
+    return EXIT_OK if run.all_succeeded else EXIT_FAILED
+
+
+@click.command()
+@ids_options
+@click.option(
+    "--dest",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to save into; each prediction gets a subdirectory "
+    "named after its id.",
+)
+@click.option("--overwrite", is_flag=True, help="Fetch files again even if present.")
+@click.option(
+    "--concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Predictions handled at once, and files of each downloaded at once.",
+)
+@click.option(
+    "--wait", is_flag=True, help="Poll each prediction until it is finished first."
+)
+@api_options
+def download(
+    ids: tuple[str, ...],
+    from_file: str | None,
+    dest: Path,
+    overwrite: bool,
+    concurrency: int,
+    wait: bool,
+    provider: str,
+    base_url: str | None,
+    api_key_env: str | None,
+) -> int:
+    """Save finished predictions' output files under DEST/ID/.
+
+    Files already there are skipped; each file appears under its final name
+    only once complete. Output URLs are fetched without the API key. Exit 1
+    if a prediction did not succeed or a file could not be saved.
+    """
+    from ._download import download_all
+
+    client = make_client(provider, base_url, api_key_env)
+    wanted = read_ids(ids, from_file)
+    ok = run_async(
+        download_all(
+            client,
+            wanted,
+            dest,
+            overwrite=overwrite,
+            concurrency=concurrency,
+            wait=wait,
+            out=stdout,
+            err=stderr,
+        )
+    )
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+@click.command("fake-server")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Interface to listen on."
+)
+@click.option(
+    "--port",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: a free one).",
+)
+@click.option(
+    "--scenario",
+    metavar="NAME",
+    default="empty",
+    show_default=True,
+    help="Predictions to script at start: empty, demo or chaos "
+    "(see replipoll.testing.SCENARIOS).",
+)
+@click.option(
+    "--predictions",
+    type=click.IntRange(0),
+    metavar="N",
+    help="How many the scenario creates.",
+)
+@click.option(
+    "--ids-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the scenario's ids here, one a line.",
+)
+@click.option(
+    "--api-key",
+    default="test-key",
+    show_default=True,
+    help="The key the server accepts.",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seeds ids, scenarios and faults."
+)
+def fake_server(
+    host: str,
+    port: int,
+    scenario: str,
+    predictions: int | None,
+    ids_file: Path | None,
+    api_key: str,
+    seed: int,
+) -> int:
+    """Run the fake Replicate-compatible server for your own tests.
+
+    Serves /v1 (Replicate) and /replicate/v1 (DeerAPI, CometAPI) until
+    Ctrl-C. Same as `python -m replipoll.testing`.
+    """
+    from ..testing import SCENARIOS, FakeReplicate, run_server
+
+    if scenario not in SCENARIOS:
+        known = ", ".join(SCENARIOS)
+        raise click.BadParameter(
+            f"{scenario!r}; known: {known}", param_hint="--scenario"
+        )
+    if scenario == "empty" and predictions:
+        raise click.UsageError("--predictions needs --scenario demo or chaos")
+    server = FakeReplicate(api_key, seed=seed)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            run_server(
+                server,
+                host=host,
+                port=port,
+                scenario=scenario,
+                predictions=predictions,
+                ids_file=ids_file,
+            )
+        )
+    return EXIT_OK

@@ -1,0 +1,163 @@
+"""What every command shares: exit codes, consoles, options, the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, TypeVar
+
+import click
+from rich.console import Console
+
+from .._client import Client
+from .._errors import ConfigurationError
+from .._providers import PROVIDERS
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "Interrupted",
+    "api_options",
+    "ids_options",
+    "make_client",
+    "progress_option",
+    "progress_wanted",
+    "run_async",
+    "say",
+    "stderr",
+    "stdout",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+EXIT_TERMINATED: Final = 143
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+stderr: Final = Console(stderr=True, highlight=False)
+stdout: Final = Console(highlight=False)
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal; carries the exit status."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine``; Ctrl-C and SIGTERM cancel it cleanly.
+
+    Raises:
+        Interrupted: a signal stopped it (after the coroutine cleaned up).
+    """
+
+    async def guarded() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        got: list[int] = []
+
+        def stop(code: int) -> None:
+            got.append(code)
+            task.cancel()
+
+        for sig, code in (
+            (signal.SIGINT, EXIT_INTERRUPTED),
+            (signal.SIGTERM, EXIT_TERMINATED),
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop, code)
+        try:
+            return await coroutine
+        except asyncio.CancelledError:
+            if got:
+                raise Interrupted(got[0]) from None
+            raise
+
+    try:
+        return asyncio.run(guarded())
+    except KeyboardInterrupt:
+        raise Interrupted(EXIT_INTERRUPTED) from None
+
+
+def api_options(func: F) -> F:
+    """Add ``--provider``, ``--base-url`` and ``--api-key-env``."""
+    func = click.option(
+        "--api-key-env",
+        metavar="NAME",
+        help="Read the API key from this environment variable instead of the "
+        "provider's (REPLICATE_API_TOKEN, DEERAPI_KEY, COMETAPI_KEY).",
+    )(func)
+    func = click.option(
+        "--base-url",
+        metavar="URL",
+        envvar="REPLIPOLL_BASE_URL",
+        help="Any compatible base URL (overrides the provider's) "
+        "[env: REPLIPOLL_BASE_URL].",
+    )(func)
+    return click.option(
+        "--provider",
+        type=click.Choice(sorted(PROVIDERS), case_sensitive=False),
+        default="replicate",
+        show_default=True,
+        envvar="REPLIPOLL_PROVIDER",
+        help="API to talk to: base URL, key variable and timeouts "
+        "[env: REPLIPOLL_PROVIDER].",
+    )(func)
+
+
+def make_client(provider: str, base_url: str | None, api_key_env: str | None) -> Client:
+    """Build a client whose key comes from the environment (never echoed).
+
+    Raises:
+        ConfigurationError: the key's variable is unset or empty, or the base
+            URL is unusable.
+    """
+    name = api_key_env or PROVIDERS[provider.lower()].env_var
+    key = os.environ.get(name, "").strip()
+    if not key:
+        hint = "" if api_key_env else " (or name another one with --api-key-env)"
+        raise ConfigurationError(
+            f"no API key: set the {name} environment variable{hint}"
+        )
+    return Client(provider.lower(), api_key=key, base_url=base_url)
+
+
+def progress_wanted(flag: bool | None) -> bool:
+    """Resolve ``--progress``/``--no-progress``; by default, is stderr a terminal."""
+    return stderr.is_terminal if flag is None else flag
+
+
+def progress_option(func: F) -> F:
+    return click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show a live progress bar on standard error "
+        "[default: when it is a terminal].",
+    )(func)
+
+
+def ids_options(func: F) -> F:
+    func = click.option(
+        "--from",
+        "from_file",
+        metavar="FILE",
+        help="Read ids from FILE, one a line ('-' for standard input).",
+    )(func)
+    return click.argument("ids", nargs=-1, metavar="[ID]... | -")(func)
+
+
+def say(message: str) -> None:
+    """Print one line on standard error, never wrapped, never styled."""
+    click.echo(f"replipoll: {message}", err=True)

@@ -1,0 +1,237 @@
+"""What the command line shows: a progress bar split by status, and summaries.
+
+Only the CLI imports this module (it needs ``rich``, from the ``cli`` extra).
+:class:`Tally` is the plain bookkeeping behind the bar: it follows every id
+from ``queued`` through the statuses the API reports to its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Final
+
+from rich.console import Console, RenderableType
+from rich.progress import (
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .._manager import PollResult
+from .._models import Prediction
+
+__all__ = [
+    "ORDER",
+    "StatusBarColumn",
+    "Tally",
+    "live_progress",
+    "outcome_table",
+    "prediction_view",
+]
+
+#: Outcomes first, then the statuses of ids still running.
+ORDER: Final = (
+    "succeeded",
+    "failed",
+    "canceled",
+    "aborted",
+    "error",
+    "processing",
+    "starting",
+    "queued",
+)
+STYLES: Final[Mapping[str, str]] = {
+    "succeeded": "green",
+    "failed": "red",
+    "canceled": "yellow",
+    "aborted": "magenta",
+    "error": "bold red",
+    "processing": "blue",
+    "starting": "cyan",
+    "queued": "bright_black",
+}
+#: How often the bar is redrawn, per second.
+REFRESH: Final = 8
+
+
+class Tally:
+    """Where every id of a batch stands: ``queued``, a status, or its outcome.
+
+    Feed it :meth:`update` as ``PollManager(on_update=...)`` and :meth:`finish`
+    with each :class:`~replipoll.PollResult`; :attr:`counts` is the live view.
+    """
+
+    def __init__(self, ids: int) -> None:
+        self.counts: Counter[str] = Counter({"queued": ids})
+        self.finished = 0
+        self._where: dict[str, str] = {}
+
+    def _move(self, pid: str, to: str) -> None:
+        old = self._where.get(pid, "queued")
+        if old != to:
+            self.counts[old] -= 1
+            self.counts[to] += 1
+            self._where[pid] = to
+
+    def update(self, prediction: Prediction) -> None:
+        """Record a status change (the manager's ``on_update`` callback)."""
+        self._move(prediction.id, str(prediction.status))
+
+    def finish(self, result: PollResult) -> str:
+        """Record how an id ended; return its outcome (a status or ``"error"``)."""
+        outcome = (
+            "error"
+            if result.error is not None or result.prediction is None
+            else str(result.prediction.status)
+        )
+        self._move(result.id, outcome)
+        self._where.pop(result.id, None)  # finished ids need no memory
+        self.finished += 1
+        return outcome
+
+    def snapshot(self) -> dict[str, int]:
+        """Non-zero counts, in :data:`ORDER` (unknown statuses last)."""
+        known = [(k, self.counts[k]) for k in ORDER if self.counts[k] > 0]
+        other = sorted((k, v) for k, v in self.counts.items() if k not in ORDER and v)
+        return dict(known + other)
+
+
+def allocate(counts: Mapping[str, int], width: int) -> dict[str, int]:
+    """Split ``width`` cells among ``counts`` (largest remainder; pure)."""
+    total = sum(counts.values())
+    if total <= 0 or width <= 0:
+        return dict.fromkeys(counts, 0)
+    exact = {k: v * width / total for k, v in counts.items()}
+    cells = {k: int(x) for k, x in exact.items()}
+    spare = width - sum(cells.values())
+    for k in sorted(exact, key=lambda k: exact[k] - cells[k], reverse=True)[:spare]:
+        cells[k] += 1
+    return cells
+
+
+class _TwoLineProgress(Progress):
+    """A progress display with the status legend on a line of its own."""
+
+    legend: Text = Text()
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        """The bar, then the legend (too long to share a line at 80 columns)."""
+        yield self.make_tasks_table(self.tasks)
+        yield self.legend
+
+
+class StatusBarColumn(ProgressColumn):
+    """A progress bar whose segments are coloured by status."""
+
+    def __init__(self, width: int = 40) -> None:
+        super().__init__()
+        self.width = width
+
+    def render(self, task: Task) -> Text:
+        """Draw the bar from the task's ``counts`` field."""
+        counts: Mapping[str, int] = task.fields.get("counts", {})
+        text = Text()
+        for status, cells in allocate(counts, self.width).items():
+            text.append("━" * cells, style=STYLES.get(status, "white"))
+        return text
+
+
+def legend(counts: Mapping[str, int]) -> Text:
+    """``succeeded 12  processing 40 ...`` in the bar's colours."""
+    text = Text()
+    for status, n in counts.items():
+        if text:
+            text.append("  ")
+        text.append(f"{status} {n}", style=STYLES.get(status, "white"))
+    return text
+
+
+@contextlib.asynccontextmanager
+async def live_progress(
+    console: Console, tally: Tally, total: int, description: str
+) -> AsyncIterator[None]:
+    """Show a status bar for ``tally`` on ``console`` while the block runs."""
+    progress = _TwoLineProgress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        StatusBarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=REFRESH,
+        transient=False,
+    )
+    task = progress.add_task(description, total=total, counts={})
+
+    def draw() -> None:
+        counts = tally.snapshot()
+        progress.legend = legend(counts)
+        progress.update(task, completed=tally.finished, counts=counts)
+
+    async def tick() -> None:
+        while True:
+            draw()
+            await asyncio.sleep(1 / REFRESH)
+
+    with progress:
+        ticker = asyncio.create_task(tick())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            draw()
+
+
+def outcome_table(
+    title: str, counts: Mapping[str, int], figures: Mapping[str, str]
+) -> Table:
+    """The end-of-run summary: outcomes, then a few figures."""
+    table = Table(title=title, show_header=False, title_justify="left", min_width=40)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    total = sum(counts.values()) or 1
+    for status, n in counts.items():
+        percent = 100 * n / total
+        share = f"{n} (<1%)" if 0 < percent < 1 else f"{n} ({percent:.0f}%)"
+        table.add_row(Text(status, style=STYLES.get(status, "white")), share)
+    table.add_section()
+    for name, value in figures.items():
+        table.add_row(name, value)
+    return table
+
+
+def prediction_view(prediction: Prediction) -> Table:
+    """One prediction as a two-column grid, for ``replipoll get``."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    status = str(prediction.status)
+    grid.add_row("id", prediction.id)
+    grid.add_row("status", Text(status, style=STYLES.get(status, "white")))
+    for name in ("model", "created_at", "started_at", "completed_at", "error"):
+        value = getattr(prediction, name)
+        if value is not None:
+            grid.add_row(name.replace("_at", ""), str(value))
+    if prediction.metrics is not None and prediction.metrics.predict_time is not None:
+        grid.add_row("predict time", f"{prediction.metrics.predict_time:.2f}s")
+    urls = list(prediction.output_urls())
+    if urls:
+        grid.add_row("output", "\n".join(urls))
+    elif prediction.output is not None:
+        text = json.dumps(prediction.output)
+        grid.add_row("output", text if len(text) < 500 else text[:499] + "…")
+    if prediction.data_removed:
+        grid.add_row("data", "removed by the provider")
+    return grid

@@ -1,0 +1,598 @@
+"""The ``replipoll`` command line, end to end: subprocesses against a fake server.
+
+The fake server runs in this process, on its own event loop in a thread, so
+tests can script predictions and read its counters while the CLI, a separate
+process, talks to it over loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from replipoll._cli import main
+from replipoll.testing import FakeReplicate
+
+T = TypeVar("T")
+
+#: The key the CLI gets from the environment; it must never be printed.
+SECRET = "r8_CliSecret-never-print-4b1d"
+CLI = [
+    sys.executable,
+    "-c",
+    "import sys; from replipoll._cli import main; sys.exit(main())",
+]
+
+
+class ServerThread:
+    """A FakeReplicate served from a background thread's event loop."""
+
+    def __init__(self, server: FakeReplicate) -> None:
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``func`` on the server's loop (the only thread touching it)."""
+
+        async def run() -> T:
+            return func(*args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url()
+
+    def add(self, n: int, **kwargs: Any) -> list[str]:
+        return self.call(self.server.add_predictions, n, **kwargs)
+
+    def requests_for(self, pid: str) -> int:
+        return self.call(lambda: self.server.stats.requests_per_id[pid])
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[ServerThread]:
+    with ServerThread(FakeReplicate(api_key=SECRET)) as server:
+        yield server
+
+
+def env(**extra: str) -> dict[str, str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REPLIPOLL_")
+        and k not in {"REPLICATE_API_TOKEN", "COLUMNS"}
+    }
+    return {**base, "REPLICATE_API_TOKEN": SECRET, **extra}
+
+
+def run(
+    *args: str, input: str | None = None, timeout: float = 30, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to the end; check the key leaked nowhere."""
+    done = subprocess.run(
+        [*CLI, *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(**extra),
+    )
+    assert SECRET not in done.stdout
+    assert SECRET not in done.stderr
+    assert "Traceback" not in done.stderr
+    return done
+
+
+@pytest.fixture
+def invoke(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Run the CLI in this process (faster than a subprocess) for simple cases."""
+
+    def call(*args: str, **extra: str) -> tuple[int, str, str]:
+        for key, value in env(**extra).items():
+            monkeypatch.setenv(key, value)
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert SECRET not in out + err
+        assert "Traceback" not in err
+        return code, out, err
+
+    return call
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    """Parse a results file strictly: every line whole JSON, newline-terminated."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n") or not data
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def wait_for_lines(
+    path: Path, n: int, proc: subprocess.Popen[bytes], limit: float = 15
+) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= n:
+            return
+        assert proc.poll() is None, "the CLI ended before writing enough lines"
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {n} lines in {path} after {limit}s")
+
+
+# -- the package and --help --------------------------------------------------------
+
+
+def test_import_replipoll_does_not_import_click_or_rich() -> None:
+    """The CLI's dependencies stay out of the library's import path."""
+    code = (
+        "import sys, replipoll; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'click', 'rich'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["demo"], ["get"], ["poll"], ["download"], ["fake-server"]]
+)
+def test_help_everywhere(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command answers --help with usage and exit status 0."""
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: replipoll")
+    if command in (["get"], ["poll"], ["download"]):
+        assert "--provider" in out
+        assert "--api-key-env" in out
+
+
+# -- configuration errors: exit 2, one line -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "message"),
+    [
+        (["get", "abc"], {"REPLICATE_API_TOKEN": ""}, "set the REPLICATE_API_TOKEN"),
+        (["get", "abc", "--api-key-env", "NOPE_KEY"], {}, "set the NOPE_KEY"),
+        (["get", "abc", "--provider", "deerapi"], {}, "DEERAPI_KEY"),
+        (["get", "abc", "--base-url", "ftp://x"], {}, "base_url"),
+        (["poll"], {}, "no prediction ids"),
+        (["poll", "--from", "/no/such/file"], {}, "cannot read ids"),
+        (["get", "abc", "--provider", "nope"], {}, "Invalid value"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_line(
+    args: list[str],
+    extra_env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Missing key, bad URL, no ids, unknown provider: status 2, nothing sent."""
+    monkeypatch.setenv("REPLICATE_API_TOKEN", SECRET)
+    monkeypatch.delenv("DEERAPI_KEY", raising=False)
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    for key, value in extra_env.items():
+        monkeypatch.setenv(key, value)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert SECRET not in err
+
+
+# -- get -------------------------------------------------------------------------
+
+
+def test_get_shows_a_prediction_and_prints_json(
+    fake: ServerThread, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """Human-readable by default, the provider's JSON with --json; exit 0."""
+    (pid,) = fake.add(1, n_files=2)
+    code, out, _ = invoke("get", pid, "--base-url", fake.base_url)
+    assert code == 0
+    assert "succeeded" in out
+    assert f"/files/{pid}/out-1.bin" in out
+    code, out, _ = invoke("get", pid, "--json", "--base-url", fake.base_url)
+    assert code == 0
+    record = json.loads(out)
+    assert record["id"] == pid
+    assert record["status"] == "succeeded"
+
+
+def test_get_through_a_gateway_with_another_key_variable(
+    fake: ServerThread, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """--provider cometapi with --api-key-env: gateway paths, key from NAME."""
+    (pid,) = fake.add(1)
+    gateway = fake.base_url.replace("/v1", "/replicate/v1")
+    code, out, err = invoke(
+        "get",
+        pid,
+        "--json",
+        "--provider",
+        "cometapi",
+        "--base-url",
+        gateway,
+        "--api-key-env",
+        "MY_KEY",
+        MY_KEY=SECRET,
+        REPLICATE_API_TOKEN="",
+    )
+    assert code == 0, err
+    assert json.loads(out)["version"] == "hidden"
+
+
+def test_a_wrong_key_is_reported_without_echoing_either_key(
+    fake: ServerThread, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """401: exit 1, the message names the problem, no key appears."""
+    code, out, err = invoke(
+        "get", "abc", "--base-url", fake.base_url, REPLICATE_API_TOKEN="r8_wrong-key"
+    )
+    assert code == 1
+    assert "status 401" in err
+    assert "r8_wrong-key" not in out + err
+
+
+def test_get_unknown_id_is_one_line_with_the_request_id(fake: ServerThread) -> None:
+    """Through the console script: a 404 exits 1 with one line naming status and
+    request id, and no traceback."""
+    script = Path(sys.executable).with_name("replipoll")
+    command = [str(script)] if script.exists() else CLI  # installed, or not
+    done = subprocess.run(
+        [*command, "get", "no-such-prediction", "--base-url", fake.base_url],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=30,
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert "status 404" in line
+    assert "request id req_" in line
+    assert SECRET not in done.stdout + done.stderr
+
+
+# -- poll ------------------------------------------------------------------------
+
+
+def test_poll_streams_json_lines_and_exits_0_when_all_succeeded(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """Ids from arguments, a file and stdin; one line per id; quiet when piped."""
+    a, b, c, d = fake.add(4, duration=0.2)
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"# a comment\n{b}\n\n{c}\n{a}\n")
+    done = run(
+        "poll",
+        a,
+        "-",
+        "--from",
+        str(ids_file),
+        "--base-url",
+        fake.base_url,
+        input=f"{d}\n",
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["id"] for r in records) == sorted([a, b, c, d])
+    assert {r["result"] for r in records} == {"succeeded"}
+    assert all(r["prediction"]["output"] for r in records)
+    # Piped: no progress bar, no colours; one summary line.
+    (summary,) = done.stderr.splitlines()
+    assert "4 succeeded" in summary
+    assert "\x1b[" not in done.stderr
+    quiet = run("poll", a, "-q", "--base-url", fake.base_url)
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
+
+
+def test_poll_exits_1_when_some_failed_or_erred(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """A failed prediction and an unknown id: exit 1, each with its own line."""
+    (ok,) = fake.add(1)
+    (failed,) = fake.add(1, outcome="failed")
+    out = tmp_path / "results.jsonl"
+    done = run(
+        "poll", ok, failed, "ghost-id", "--out", str(out), "--base-url", fake.base_url
+    )
+    assert done.returncode == 1
+    by_id = {r["id"]: r for r in lines_of(out)}
+    assert by_id[ok]["result"] == "succeeded"
+    assert by_id[failed]["result"] == "failed"
+    assert by_id[failed]["prediction"]["error"]
+    ghost = by_id["ghost-id"]
+    assert ghost["result"] == "error"
+    assert ghost["error"]["type"] == "NotFoundError"
+    assert ghost["error"]["status"] == 404
+    assert ghost["error"]["request_id"].startswith("req_")
+
+
+def test_rerun_with_the_same_out_skips_finished_ids(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """Finished ids are not polled again; errored ones are; each id has one line."""
+    done_ids = fake.add(3)
+    out = tmp_path / "results.jsonl"
+    first = run(
+        "poll", *done_ids, "ghost-2", "--out", str(out), "--base-url", fake.base_url
+    )
+    assert first.returncode == 1
+    before = {pid: fake.requests_for(pid) for pid in [*done_ids, "ghost-2"]}
+    (late,) = fake.add(1)
+    second = run(
+        "poll",
+        *done_ids,
+        late,
+        "ghost-2",
+        "--out",
+        str(out),
+        "--base-url",
+        fake.base_url,
+    )
+    assert second.returncode == 1  # the ghost still errs
+    assert "3 from earlier runs" in second.stderr
+    for pid in done_ids:
+        assert fake.requests_for(pid) == before[pid]
+    assert fake.requests_for("ghost-2") > before["ghost-2"]
+    records = lines_of(out)
+    assert [r["id"] for r in records].count(late) == 1
+    assert {r["id"] for r in records} == {*done_ids, late, "ghost-2"}
+
+
+def test_sigkill_mid_run_loses_nothing_and_the_rerun_finishes_each_id_once(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """Kill -9 after some lines, tear the last line by hand: the rerun repairs it,
+    polls only what is missing, and every id ends with exactly one whole line."""
+    ids = [
+        fake.call(fake.server.add_prediction, duration=0.1 + 0.15 * i)
+        for i in range(24)
+    ]
+    out = tmp_path / "results.jsonl"
+    args = ["poll", "--from", "-", "--out", str(out), "--base-url", fake.base_url]
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
+    assert proc.stdin is not None
+    proc.stdin.write("\n".join(ids).encode() + b"\n")
+    proc.stdin.close()
+    wait_for_lines(out, 5, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    before = lines_of(out)  # every line written before the kill is whole
+    assert 5 <= len(before) < len(ids)
+    polled = {r["id"]: fake.requests_for(r["id"]) for r in before}
+    with out.open("ab") as file:  # what a write cut by a crash would leave
+        file.write(b'{"id":"' + ids[-1].encode() + b'","result":"succ')
+
+    done = run(*args, input="\n".join(ids) + "\n")
+    assert done.returncode == 0, done.stderr
+    records = lines_of(out)
+    assert records[: len(before)] == before
+    assert sorted(r["id"] for r in records) == sorted(ids)
+    assert {r["result"] for r in records} == {"succeeded"}
+    for pid, count in polled.items():  # finished before the kill: not polled again
+        assert fake.requests_for(pid) == count
+    assert f"{len(before)} from earlier runs" in done.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """SIGINT: exit 130, one message with the resume hint, whole lines only."""
+    quick = fake.add(2)
+    slow = fake.add(3, duration=60)
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(
+        [*CLI, "poll", *quick, *slow, "--out", str(out), "--base-url", fake.base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+    )
+    wait_for_lines(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    text = stderr.decode()
+    assert "Traceback" not in text
+    assert "interrupted" in text
+    assert "run the same command again to resume" in text
+    assert {r["id"] for r in lines_of(out)} == set(quick)
+
+
+def test_a_second_writer_to_the_same_out_is_refused(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """Two polls appending to one file would interleave: the second exits 2."""
+    (slow,) = fake.add(1, duration=60)
+    out = tmp_path / "results.jsonl"
+    proc = subprocess.Popen(
+        [*CLI, "poll", slow, "--out", str(out), "--base-url", fake.base_url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while fake.requests_for(slow) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = run("poll", slow, "--out", str(out), "--base-url", fake.base_url)
+        assert second.returncode == 2
+        assert "in use by another replipoll process" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+
+
+def run_on_terminal(*args: str) -> tuple[int, str]:
+    """Run the CLI with standard error on a pseudo-terminal; return its output."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [*CLI, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        env=env(COLUMNS="100", TERM="xterm-256color"),
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([controller], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # the terminal closed: the process is gone
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(controller)
+    return proc.wait(10), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_terminal(fake: ServerThread) -> None:
+    """On a terminal: a live bar by status, then the summary table."""
+    ids = fake.add(5, duration=0.5)
+    code, screen = run_on_terminal("poll", *ids, "--base-url", fake.base_url)
+    assert code == 0
+    assert "━" in screen  # the bar
+    assert "\x1b[" in screen  # drawn with terminal escapes
+    assert "succeeded 5" in screen  # the legend under the bar
+    assert "429s honoured" in screen  # the summary table
+    assert SECRET not in screen
+
+
+# -- demo, download, fake-server --------------------------------------------------
+
+
+def test_demo_runs_offline_and_ends_with_a_summary() -> None:
+    """The README's command: scripted batch on loopback, summary table, exit 0."""
+    done = run(
+        "demo",
+        "--predictions",
+        "40",
+        "--time-scale",
+        "0.15",
+        "--no-progress",
+        REPLICATE_API_TOKEN="",
+    )
+    assert done.returncode == 0, done.stderr
+    for expected in (
+        "succeeded",
+        "failed",
+        "aborted",
+        "error",
+        "requests sent",
+        "429s honoured",
+        "wall time",
+    ):
+        assert expected in done.stdout
+
+
+def test_download_saves_outputs_and_exits_1_for_a_failed_prediction(
+    fake: ServerThread, tmp_path: Path, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """Files land under DEST/ID/; a rerun finds them present; failures exit 1."""
+    (pid,) = fake.add(1, n_files=2)
+    done = run("download", pid, "--dest", str(tmp_path), "--base-url", fake.base_url)
+    assert done.returncode == 0, done.stderr
+    for name in ("out-0.bin", "out-1.bin"):
+        saved = tmp_path / pid / name
+        assert saved.read_bytes() == fake.call(fake.server.file_content, pid, name)
+        assert str(saved) in done.stdout
+    code, out, _ = invoke(
+        "download", pid, "--dest", str(tmp_path), "--base-url", fake.base_url
+    )
+    assert code == 0
+    assert out.count("present") == 2
+
+    (failed,) = fake.add(1, outcome="failed")
+    (running,) = fake.add(1, duration=60)
+    code, _, err = invoke(
+        "download",
+        failed,
+        running,
+        "--dest",
+        str(tmp_path),
+        "--base-url",
+        fake.base_url,
+    )
+    assert code == 1
+    assert f"{failed} failed" in err
+    assert f"{running} is still" in err
+    assert "--wait" in err
+
+
+def test_fake_server_command_serves_until_interrupted(tmp_path: Path) -> None:
+    """`replipoll fake-server` prints its URL, answers the test key, stops on ^C."""
+    ids_file = tmp_path / "ids.txt"
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "fake-server",
+            "--scenario",
+            "demo",
+            "--predictions",
+            "3",
+            "--ids-file",
+            str(ids_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        base_url = first.split()[4]
+        assert base_url.startswith("http://127.0.0.1:")
+        while "written to" not in proc.stdout.readline():  # the ids file is ready
+            pass
+        pid = ids_file.read_text().split()[0]
+        request = urllib.request.Request(
+            f"{base_url}/predictions/{pid}",
+            headers={"Authorization": "Bearer test-key"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.load(response)["id"] == pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert "Traceback" not in stderr
