@@ -1,0 +1,319 @@
+"""The HTTP side of the fake server: routes, middleware, handlers, faults on the wire.
+
+Per-request work is kept small (benchmarks poll 100,000 predictions through
+it): one clock read, a few counters, one ``json.dumps`` of a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import itertools
+import json
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Literal
+
+import attrs
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ._faults import Fault, FaultPlan
+from ._records import Prediction, render, served_file
+from ._stats import RequestRecord, ServerStats
+
+ErrorStyle = Literal["auto", "replicate", "comet"]
+
+#: Where the API is served: Replicate's layout and the gateways' one.
+PREFIXES: Final = ("/v1", "/replicate/v1")
+
+#: The current request's id, set by the middleware.  Handlers run in the
+#: middleware's task, so this carries the id without touching the request.
+REQUEST_ID: Final = contextvars.ContextVar[str]("replipoll_request_id")
+#: Replaced by the request id wherever it occurs in a fault's body.
+REQUEST_ID_TOKEN: Final = b"{request_id}"
+
+_API: Final = tuple(f"{prefix}/" for prefix in PREFIXES)
+_GATEWAY: Final = "/replicate/"
+_FILES: Final = "/files/"
+_PROBLEM: Final = "application/problem+json"
+_PAGE: Final = 100
+_INVALID: Final = "Input validation failed"
+
+Answer = Callable[[], Awaitable[web.StreamResponse]]
+
+
+def _json(
+    data: object, status: int = 200, ctype: str = "application/json"
+) -> web.Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return web.Response(status=status, body=body, content_type=ctype)
+
+
+def _number(value: object) -> bool:
+    """Whether *value* is a JSON number >= 0 (``true`` is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value >= 0
+
+
+@attrs.define(eq=False)
+class Api:
+    """The aiohttp app of a :class:`FakeReplicate` and what it counts."""
+
+    predictions: dict[str, Prediction]
+    add_prediction: Callable[..., str]
+    faults: FaultPlan
+    clock: Callable[[], float]
+    wall_offset: float
+    api_key: str
+    error_style: ErrorStyle
+    log_size: int
+    latency: float
+    retention: float | None
+    stats: ServerStats = attrs.field(init=False, factory=ServerStats)
+    paused_until: float = float("-inf")
+    _ids: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+
+    def __attrs_post_init__(self) -> None:
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        """Replace :attr:`stats`, keeping requests still in flight counted."""
+        in_flight = self.stats.in_flight
+        self.stats = ServerStats(
+            in_flight=in_flight,
+            peak_in_flight=in_flight,
+            request_log=deque(maxlen=self.log_size),
+        )
+
+    def build_app(self) -> web.Application:
+        """Return a new application serving this API."""
+        app = web.Application(middlewares=[self._middleware])
+        add_get, add_post = app.router.add_get, app.router.add_post
+        for prefix in PREFIXES:
+            add_get(f"{prefix}/predictions", self._list)
+            add_post(f"{prefix}/predictions", self._create)
+            add_get(f"{prefix}/predictions/{{id}}", self._get)
+            add_post(f"{prefix}/predictions/{{id}}/cancel", self._cancel)
+            add_post(f"{prefix}/models/{{owner}}/{{name}}/predictions", self._create)
+        add_get(f"{_FILES}{{id}}/{{name}}", self._file)
+        return app
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        """Count, inject faults, authenticate, tag with ``X-Request-Id``."""
+        now = self.clock()
+        stats = self.stats
+        stats.total_requests += 1
+        request_id = f"req_{next(self._ids):010x}"
+        REQUEST_ID.set(request_id)
+        path = request.path
+        api = path.startswith(_API)
+        pid = request.match_info.get("id")
+        if api:
+            stats.in_flight += 1
+            stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+            if now < self.paused_until:
+                stats.early_requests += 1
+            if pid is not None:
+                stats.requests_per_id[pid] += 1
+        fault = None
+        try:
+            if api and self.latency:
+                await asyncio.sleep(self.latency)
+            answer = functools.partial(self._answer, request, handler, api)
+            if self.faults.active:
+                fault = self.faults.pick(api, path.startswith(_FILES), pid)
+            if fault is None:
+                response = await answer()
+            else:
+                self.stats.faults_injected[fault.kind] += 1
+                response = await self._inject(fault, request, answer)
+        finally:
+            if api:
+                self.stats.in_flight -= 1  # self.stats: reset_stats may have run
+        status = 0 if fault is not None and fault.kind == "reset" else response.status
+        self.stats.responses_by_status[status] += 1
+        if self.log_size:
+            record = RequestRecord(now, request.method, path, status)
+            self.stats.request_log.append(record)
+        if not response.prepared:
+            response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def _inject(
+        self, fault: Fault, request: web.Request, answer: Answer
+    ) -> web.StreamResponse:
+        """Produce what the client sees when *fault* hits *request*."""
+        kind = fault.kind
+        if kind == "slow":
+            await asyncio.sleep(fault.delay)
+            return await answer()
+        if kind == "reset":
+            _close(request)
+            return web.Response()  # aiohttp quietly fails to send it
+        if kind in {"truncated_json", "truncated_body"}:
+            return await _truncate(request, await answer(), kind == "truncated_body")
+        headers = dict(fault.headers)
+        if fault.content_type is not None:
+            headers["Content-Type"] = fault.content_type
+        body = fault.body.replace(REQUEST_ID_TOKEN, REQUEST_ID.get().encode())
+        response = web.Response(status=fault.code, body=body, headers=headers)
+        if fault.retry_after is not None:  # the pause runs from the answer
+            until = self.clock() + fault.retry_after
+            self.paused_until = max(self.paused_until, until)
+        return response
+
+    async def _answer(
+        self, request: web.Request, handler: Handler, api: bool
+    ) -> web.StreamResponse:
+        if api:
+            scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or key != self.api_key:
+                detail = "You did not pass a valid authentication token"
+                return self._error(request, 401, detail, title="Unauthenticated")
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:  # the router's 404 and 405
+            if self._comet(request.path):  # gateways answer wrong paths in HTML
+                page = f"<html><body><h1>{exc.status} {exc.reason}</h1></body></html>"
+                return web.Response(
+                    status=exc.status, text=page, content_type="text/html"
+                )
+            detail = "Not found." if exc.status == 404 else exc.reason
+            return _json({"detail": detail, "status": exc.status}, exc.status, _PROBLEM)
+
+    def _comet(self, path: str) -> bool:
+        style = self.error_style
+        return style == "comet" or (style == "auto" and path.startswith(_GATEWAY))
+
+    def _error(
+        self, request: web.Request, status: int, detail: str, *, title: str = ""
+    ) -> web.Response:
+        if self._comet(request.path):
+            message = f"{detail} (request id: {REQUEST_ID.get()})"
+            error = {
+                "message": message,
+                "type": "comet_api_error",
+                "param": "",
+                "code": "",
+            }
+            return _json({"error": error}, status)
+        problem = {"title": title, "detail": detail, "status": status}
+        if not title:
+            del problem["title"]
+        return _json(problem, status, _PROBLEM)
+
+    def _render(
+        self, request: web.Request, p: Prediction, now: float
+    ) -> dict[str, Any]:
+        return render(
+            p,
+            now,
+            wall_offset=self.wall_offset,
+            origin=f"{request.scheme}://{request.host}",
+            gateway=request.path.startswith(_GATEWAY),
+            retention=self.retention,
+        )
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        p = self.predictions.get(request.match_info["id"])
+        if p is None:
+            return self._error(request, 404, "Not found.")
+        return _json(self._render(request, p, self.clock()))
+
+    async def _cancel(self, request: web.Request) -> web.StreamResponse:
+        pid = request.match_info["id"]
+        self.stats.cancel_requests[pid] += 1
+        p = self.predictions.get(pid)
+        if p is None:
+            return self._error(request, 404, "Not found.")
+        now = self.clock()
+        p.cancel(now)
+        return _json(self._render(request, p, now))
+
+    async def _create(self, request: web.Request) -> web.StreamResponse:
+        # Prefer: wait=N is not honoured: the answer comes at once, which the
+        # API allows (the prediction may still be running when it returns).
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._error(request, 400, "Request body is not valid JSON.")
+        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
+            return self._error(request, 422, "- input: required object", title=_INVALID)
+        match = request.match_info
+        if "owner" in match:
+            model = f"{match['owner']}/{match['name']}"
+        else:
+            version = body.get("version")
+            if not isinstance(version, str) or not version:
+                return self._error(request, 422, "- version: required", title=_INVALID)
+            model = version.partition(":")[0] if "/" in version else "owner/model"
+        script = body["input"]
+        queue = script.get("replipoll_queue", 0.0)
+        duration = script.get("replipoll_duration", 1.0)
+        outcome = script.get("replipoll_outcome", "succeeded")
+        if not (_number(queue) and _number(duration) and isinstance(outcome, str)):
+            detail = (
+                "- input: bad replipoll_queue, replipoll_duration or replipoll_outcome"
+            )
+            return self._error(request, 422, detail, title=_INVALID)
+        pid = self.add_prediction(
+            queue=queue, duration=duration, outcome=outcome, input=script, model=model
+        )
+        return _json(self._render(request, self.predictions[pid], self.clock()), 201)
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        cursor = request.query.get("cursor", "0")
+        if not cursor.isdigit():
+            return self._error(request, 400, "Invalid cursor.")
+        start = int(cursor)
+        now = self.clock()
+        newest_first = reversed(self.predictions.values())
+        page = itertools.islice(newest_first, start, start + _PAGE)
+        prefix = PREFIXES[1] if request.path.startswith(_GATEWAY) else PREFIXES[0]
+        link = f"{request.scheme}://{request.host}{prefix}/predictions?cursor="
+        more = start + _PAGE < len(self.predictions)
+        return _json(
+            {
+                "next": f"{link}{start + _PAGE}" if more else None,
+                "previous": f"{link}{max(0, start - _PAGE)}" if start else None,
+                "results": [self._render(request, p, now) for p in page],
+            }
+        )
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        p = self.predictions.get(request.match_info["id"])
+        body = None if p is None else served_file(p, request.match_info["name"])
+        if body is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=body, content_type="application/octet-stream")
+
+
+async def _truncate(
+    request: web.Request, normal: web.StreamResponse, stream: bool
+) -> web.StreamResponse:
+    """Send half of *normal*'s body: as all of it, or (*stream*) then hang up."""
+    body = normal.body if isinstance(normal, web.Response) else None
+    if not isinstance(body, bytes):
+        return normal
+    cut = body[: len(body) // 2]
+    headers = {k: v for k, v in normal.headers.items() if k != "Content-Length"}
+    if not stream:
+        return web.Response(status=normal.status, body=cut, headers=headers)
+    headers["X-Request-Id"] = REQUEST_ID.get()  # sent before the middleware sees it
+    partial = web.StreamResponse(status=normal.status, headers=headers)
+    partial.content_length = len(body)
+    await partial.prepare(request)
+    await partial.write(cut)
+    _close(request)
+    return partial
+
+
+def _close(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()

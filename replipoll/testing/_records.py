@@ -1,0 +1,195 @@
+"""Compact per-prediction state and its rendering as Replicate JSON.
+
+Pure code: nothing here reads a clock or does I/O.  The server passes ``now``
+(monotonic seconds from its injected clock) and the offset that turns monotonic
+seconds into wall-clock seconds for the timestamp strings.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+import time
+import zlib
+from typing import Any, Final
+
+import attrs
+
+DEFAULT_ERROR: Final = (
+    "E1001 Model Out of Memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+)
+
+_API_URL: Final = "https://api.replicate.com/v1/predictions/"
+
+
+class _Missing(enum.Enum):
+    MISSING = enum.auto()
+
+
+#: Marks "no output given": a succeeded prediction then serves file URLs.
+MISSING: Final = _Missing.MISSING
+
+
+@attrs.define
+class Prediction:
+    """What the server remembers about one prediction (a few slots, no JSON)."""
+
+    id: str
+    created: float
+    queue: float
+    duration: float
+    outcome: str
+    output: Any
+    n_files: int
+    file_size: int
+    error: str | None
+    input: dict[str, Any]
+    model: str
+    logs: str
+    extra: dict[str, Any] | None
+    canceled_at: float | None = None
+
+    def timeline(self, now: float) -> tuple[str, float | None, float | None]:
+        """Return ``(status, started, completed)`` at monotonic time *now*.
+
+        ``started``/``completed`` are monotonic seconds or ``None``.  An
+        ``aborted`` prediction spends ``queue + duration`` in ``starting`` and
+        never starts; a cancel freezes the prediction at the moment it came.
+        """
+        start = self.created + self.queue
+        end = start + self.duration
+        aborted = self.outcome == "aborted"
+        cancel = self.canceled_at
+        if cancel is not None and now >= cancel:
+            started = start if not aborted and start <= cancel else None
+            return "canceled", started, cancel
+        if now < start or (aborted and now < end):
+            return "starting", None, None
+        if now < end:
+            return "processing", start, None
+        return self.outcome, None if aborted else start, end
+
+    def cancel(self, now: float) -> None:
+        """Cancel at *now* unless the prediction is already final then."""
+        if self.canceled_at is None and now < self.created + self.queue + self.duration:
+            self.canceled_at = now
+
+
+def file_name(index: int) -> str:
+    """Name of the *index*-th output file of a prediction."""
+    return f"out-{index}.bin"
+
+
+def served_file(p: Prediction, name: str) -> bytes | None:
+    """Return the bytes of *p*'s output file *name*, or ``None`` if none such.
+
+    Files ``out-0.bin`` to ``out-{n_files - 1}.bin`` exist from the start; their
+    content is a hash of the id and name, repeated up to ``file_size`` bytes.
+    """
+    digits = name[4:-4]
+    if not (name.startswith("out-") and name.endswith(".bin") and digits.isdigit()):
+        return None
+    if digits != str(int(digits)) or int(digits) >= p.n_files:
+        return None
+    block = hashlib.sha256(f"{p.id}/{name}".encode()).digest()
+    return (block * (p.file_size // len(block) + 1))[: p.file_size]
+
+
+@functools.lru_cache(maxsize=1024)
+def version_hash(model: str) -> str:
+    """A stable 64-hex version id for *model* (what ``/v1`` answers carry)."""
+    return hashlib.sha256(model.encode()).hexdigest()
+
+
+def timestamp(seconds: float, style: int) -> str:
+    """Format wall-clock *seconds* as Replicate does, in one of three precisions.
+
+    Style 0 gives microseconds (``2023-09-08T16:19:34.765994Z``), 1 milliseconds
+    (``2026-03-12T11:27:18.258Z``), 2 nanoseconds
+    (``2024-11-06T17:11:57.625316416Z``).
+    """
+    whole = int(seconds // 1)
+    frac = seconds - whole
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    if style == 0:
+        return f"{base}.{int(frac * 1e6):06d}Z"
+    if style == 1:
+        return f"{base}.{int(frac * 1e3):03d}Z"
+    return f"{base}.{int(frac * 1e9):09d}Z"
+
+
+def render(
+    p: Prediction,
+    now: float,
+    *,
+    wall_offset: float,
+    origin: str,
+    gateway: bool,
+    retention: float | None,
+) -> dict[str, Any]:
+    """Build the JSON object a GET of *p* answers at monotonic time *now*.
+
+    Args:
+        p: The prediction.
+        now: Monotonic seconds (the server's clock).
+        wall_offset: Added to monotonic seconds to get Unix seconds.
+        origin: ``scheme://host:port`` used in the URLs of output files.
+        gateway: Answer as DeerAPI/CometAPI do (``version: "hidden"``).
+        retention: Seconds after completion when input, output and logs are
+            removed (``data_removed: true``); ``None``: never.
+    """
+    status, started, completed = p.timeline(now)
+    style = zlib.crc32(p.id.encode()) % 3
+    output: Any = None
+    error = None
+    metrics: dict[str, Any] = {}
+    removed = (
+        retention is not None and completed is not None and now - completed >= retention
+    )
+    if completed is not None:
+        if started is not None:
+            metrics["predict_time"] = round(completed - started, 6)
+        metrics["total_time"] = round(completed - p.created, 6)
+        if status == "succeeded":
+            if p.output is MISSING:
+                output = [
+                    f"{origin}/files/{p.id}/{file_name(i)}" for i in range(p.n_files)
+                ]
+                metrics["image_count"] = p.n_files
+            else:
+                output = p.output
+        elif status == "failed":
+            error = DEFAULT_ERROR if p.error is None else p.error
+        if removed:
+            output = None
+    pid = p.id
+    record: dict[str, Any] = {
+        "id": pid,
+        "model": p.model,
+        "version": "hidden" if gateway else version_hash(p.model),
+        "input": {} if removed else p.input,
+        "logs": "" if started is None or removed else p.logs,
+        "output": output,
+        "data_removed": removed,
+        "error": error,
+        "status": status,
+        "created_at": timestamp(p.created + wall_offset, style),
+        "started_at": None
+        if started is None
+        else timestamp(started + wall_offset, style),
+        "completed_at": None
+        if completed is None
+        else timestamp(completed + wall_offset, style),
+        "urls": {
+            "cancel": f"{_API_URL}{pid}/cancel",
+            "get": f"{_API_URL}{pid}",
+            "stream": f"https://stream.replicate.com/v1/files/{pid}",
+            "web": f"https://replicate.com/p/{pid}",
+        },
+        "metrics": metrics,
+        "source": "api",
+    }
+    if p.extra:
+        record.update(p.extra)
+    return record

@@ -1,0 +1,385 @@
+"""The public face of the fake server: lifecycle, scripting and inspection."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import attrs
+from aiohttp import web
+
+from ._faults import Fault, FaultPlan
+from ._http import Api, ErrorStyle
+from ._records import MISSING, Prediction, render, served_file
+from ._stats import ServerStats
+
+#: The key a :class:`FakeReplicate` accepts unless told otherwise.
+DEFAULT_API_KEY: Final = "test-key"
+
+_frozen: Final = attrs.setters.frozen
+# Maps random bytes onto lowercase base32 (a-z, 2-7), the alphabet of
+# Replicate's ids; 256 is a multiple of 32, so every letter is as likely.
+_ID_TABLE: Final = bytes(
+    b"abcdefghijklmnopqrstuvwxyz234567"[i % 32] for i in range(256)
+)
+
+
+@attrs.define(eq=False, repr=False)
+class FakeReplicate:
+    """A Replicate-compatible HTTP server for tests, demos and benchmarks.
+
+    It serves the prediction API under ``/v1`` (Replicate) and
+    ``/replicate/v1`` (DeerAPI, CometAPI), output files under ``/files``, and
+    answers from scripted predictions whose status follows *clock*.  It
+    listens only where :meth:`start` says (loopback by default).
+
+    Args:
+        api_key: The only key accepted (``Authorization: Bearer <key>``).
+        clock: Monotonic seconds; drives statuses and ``Retry-After``
+            bookkeeping.  Pass a :class:`FakeClock` to step time by hand.
+        seed: Seeds prediction ids, chaos draws and scenarios.
+        error_style: ``"replicate"`` (problem+json errors), ``"comet"``
+            (``{"error": {...}}`` envelopes) or ``"auto"`` (envelopes under
+            ``/replicate/v1`` only).
+        epoch: Unix time that *clock*'s reading at construction stands for
+            (default: now); only used for the ``*_at`` timestamp strings.
+        request_log_size: How many requests :attr:`ServerStats.request_log`
+            keeps (the latest ones); 0 keeps none.
+        latency: Real seconds every API request waits before it is answered
+            (others go on meanwhile).  Without it the handlers never overlap,
+            so :attr:`ServerStats.peak_in_flight` stays at 1 however many
+            requests a client keeps open.
+        retention: Seconds after completion when a prediction's input, output
+            and logs are removed (``data_removed: true``), as Replicate does
+            after about an hour; default: never.
+
+    Endpoints, under both ``/v1`` and ``/replicate/v1``:
+
+    - ``GET /predictions/{id}``; ``POST /predictions/{id}/cancel``.
+    - ``POST /predictions`` (``version`` + ``input``) and
+      ``POST /models/{owner}/{name}/predictions`` (``input``): 201 with a new
+      prediction, scripted by the input keys ``replipoll_queue`` (default 0),
+      ``replipoll_duration`` (1) and ``replipoll_outcome`` (``succeeded``).
+      ``Prefer: wait`` is accepted but not waited on: the answer comes at
+      once, as the API allows, usually still ``processing``.
+    - ``GET /predictions?cursor=N``: 100 a page, newest first.
+
+    And without a key: ``GET /files/{id}/out-{i}.bin``, the output files.
+
+    Example:
+        >>> from replipoll.testing import FakeClock
+        >>> clock = FakeClock()
+        >>> server = FakeReplicate(clock=clock)
+        >>> pid = server.add_prediction(queue=1, duration=2)
+        >>> server.prediction_state(pid)["status"]
+        'starting'
+        >>> clock.advance(3)
+        >>> server.prediction_state(pid)["status"]
+        'succeeded'
+    """
+
+    api_key: str = attrs.field(default=DEFAULT_API_KEY, on_setattr=_frozen)
+    _clock: Callable[[], float] = attrs.field(
+        default=time.monotonic, kw_only=True, alias="clock", on_setattr=_frozen
+    )
+    seed: int = attrs.field(default=0, kw_only=True, on_setattr=_frozen)
+    error_style: ErrorStyle = attrs.field(
+        default="auto",
+        kw_only=True,
+        validator=attrs.validators.in_(("auto", "replicate", "comet")),
+        on_setattr=_frozen,
+    )
+    _epoch: float | None = attrs.field(
+        default=None, kw_only=True, alias="epoch", on_setattr=_frozen
+    )
+    request_log_size: int = attrs.field(
+        default=10_000, kw_only=True, on_setattr=_frozen
+    )
+    latency: float = attrs.field(default=0.0, kw_only=True, on_setattr=_frozen)
+    retention: float | None = attrs.field(
+        default=None, kw_only=True, on_setattr=_frozen
+    )
+
+    _predictions: dict[str, Prediction] = attrs.field(init=False, factory=dict)
+    _rng: random.Random = attrs.field(init=False)
+    _faults: FaultPlan = attrs.field(init=False)
+    _api: Api = attrs.field(init=False)
+    _app: web.Application = attrs.field(init=False)
+    _runner: web.AppRunner | None = attrs.field(init=False, default=None)
+    _url: str | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._faults = FaultPlan(rng=random.Random(self.seed))
+        epoch = time.time() if self._epoch is None else self._epoch
+        self._api = Api(
+            predictions=self._predictions,
+            add_prediction=self.add_prediction,
+            faults=self._faults,
+            clock=self._clock,
+            wall_offset=epoch - self._clock(),
+            api_key=self.api_key,
+            error_style=self.error_style,
+            log_size=self.request_log_size,
+            latency=self.latency,
+            retention=self.retention,
+        )
+        self._app = self._api.build_app()
+
+    def __repr__(self) -> str:
+        return f"<FakeReplicate url={self._url} predictions={len(self._predictions)}>"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @property
+    def app(self) -> web.Application:
+        """The :class:`aiohttp.web.Application` (to run it some other way)."""
+        return self._app
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the started server.
+
+        Raises:
+            RuntimeError: The server is not started.
+        """
+        if self._url is None:
+            raise RuntimeError("FakeReplicate is not started; await start() first")
+        return self._url
+
+    def base_url(self, prefix: str = "/v1") -> str:
+        """Return the API base URL for *prefix* (``"/v1"`` or ``"/replicate/v1"``).
+
+        Raises:
+            RuntimeError: The server is not started.
+        """
+        return f"{self.url}{prefix}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on *host*:*port* (port 0: a free one); see :attr:`url`.
+
+        Raises:
+            RuntimeError: Already started.
+            OSError: The address is not available.
+        """
+        if self._runner is not None:
+            raise RuntimeError("FakeReplicate is already started")
+        # A short shutdown timeout: close() should not wait long for requests
+        # that a slow fault keeps waiting.
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        bound_host, bound_port = runner.addresses[0][:2]
+        if ":" in bound_host:
+            bound_host = f"[{bound_host}]"
+        self._runner, self._url = runner, f"http://{bound_host}:{bound_port}"
+
+    async def close(self) -> None:
+        """Stop listening and drop open connections; safe to call twice."""
+        runner, self._runner, self._url = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeReplicate:
+        if self._runner is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- scripting ---------------------------------------------------------
+
+    def add_prediction(
+        self,
+        id: str | None = None,
+        *,
+        queue: float = 0.0,
+        duration: float = 0.0,
+        outcome: str = "succeeded",
+        output: Any = MISSING,
+        n_files: int = 1,
+        file_size: int = 1024,
+        error: str | None = None,
+        input: Mapping[str, Any] | None = None,
+        model: str = "owner/model",
+        logs: str = "",
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Script a prediction, created now; return its id.
+
+        It is ``starting`` for *queue* seconds, ``processing`` for *duration*
+        seconds, then *outcome* for ever (unless cancelled first).
+
+        Args:
+            id: Its id; default: 26 random characters from ``a-z2-7``.
+            queue: Seconds in ``starting``.
+            duration: Seconds in ``processing``.
+            outcome: ``succeeded``, ``failed``, ``canceled``, ``aborted`` (then
+                ``starting`` for ``queue + duration`` and never started), or any
+                other string, served as an undocumented final status.
+            output: Output of a success; default: URLs of *n_files* files of
+                *file_size* bytes that this server serves.
+            n_files: Files served under ``/files/{id}/out-{i}.bin``.
+            file_size: Size of each file in bytes.
+            error: Error of a failure (default: an ``E1001`` out-of-memory one).
+            input: The ``input`` object echoed back.
+            model: ``owner/name``.
+            logs: Logs shown once the prediction started.
+            extra: Extra top-level fields (say ``{"x_gateway": {...}}``) for
+                clients that must keep fields they do not know.
+
+        Raises:
+            ValueError: The id is taken or contains ``/``, or a number is negative.
+        """
+        if id is None:
+            id = self._new_id()
+        elif not id or "/" in id or id in self._predictions:
+            raise ValueError(f"unusable or duplicate prediction id {id!r}")
+        if min(queue, duration, n_files, file_size) < 0:
+            raise ValueError("queue, duration, n_files and file_size must be >= 0")
+        self._predictions[id] = Prediction(
+            id,
+            self._clock(),
+            queue,
+            duration,
+            outcome,
+            output,
+            n_files,
+            file_size,
+            error,
+            dict(input) if input else {},
+            model,
+            logs,
+            dict(extra) if extra else None,
+        )
+        return id
+
+    def add_predictions(
+        self,
+        n: int,
+        vary: Callable[[int], Mapping[str, Any]] | None = None,
+        /,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Script *n* predictions at once; return their ids in order.
+
+        Args:
+            n: How many.
+            vary: Called with each index; the keyword arguments of
+                :meth:`add_prediction` it returns override *kwargs*.
+            kwargs: Keyword arguments of :meth:`add_prediction` for all of them.
+        """
+        add = self.add_prediction
+        if vary is None:
+            return [add(**kwargs) for _ in range(n)]
+        return [add(**{**kwargs, **vary(i)}) for i in range(n)]
+
+    def add_fault(
+        self,
+        fault: Fault,
+        *,
+        prediction_id: str | None = None,
+        times: int | None = 1,
+        files: bool = False,
+    ) -> None:
+        """Inject *fault* into the next *times* matching requests.
+
+        Faults hit before authentication, in the order they were added, and
+        before any chaos (:meth:`set_chaos`).
+
+        Args:
+            fault: What to do.
+            prediction_id: Only requests for this prediction; default: any API
+                request (create and list included).
+            times: How many requests; ``None``: all of them, until
+                :meth:`clear_faults`.
+            files: Match file downloads (``/files/{prediction_id}/...``)
+                instead of API requests.
+
+        Raises:
+            ValueError: *times* is below 1.
+        """
+        self._faults.add(fault, prediction_id, times, files)
+
+    def clear_faults(self) -> None:
+        """Forget the faults added with :meth:`add_fault` and turn chaos off."""
+        self._faults.clear()
+
+    def set_chaos(
+        self,
+        probability: float,
+        kinds: Iterable[Fault | str] | None = None,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        """Give each GET and cancel of a prediction a random fault.
+
+        Creates, lists and downloads are left alone.
+
+        Args:
+            probability: Chance per request, from 0 (off) to 1.
+            kinds: Faults to draw from, as :class:`Fault` values or kind names
+                of :data:`CHAOS_FAULTS`; default: all of :data:`CHAOS_FAULTS`.
+            seed: Seed of the draws (default: the server's *seed*); the same
+                seed and request order give the same faults.
+
+        Raises:
+            ValueError: Bad probability, unknown kind name, or no kinds.
+        """
+        self._faults.set_chaos(probability, kinds, self.seed if seed is None else seed)
+
+    # -- inspection --------------------------------------------------------
+
+    @property
+    def stats(self) -> ServerStats:
+        """Live counters (replaced, not cleared, by :meth:`reset_stats`)."""
+        return self._api.stats
+
+    def reset_stats(self) -> None:
+        """Start counting afresh (requests still in flight stay counted)."""
+        self._api.reset_stats()
+
+    def prediction_state(self, prediction_id: str) -> dict[str, Any]:
+        """Return the JSON a ``/v1`` GET of *prediction_id* would answer now.
+
+        Raises:
+            KeyError: No such prediction.
+        """
+        return render(
+            self._predictions[prediction_id],
+            self._clock(),
+            wall_offset=self._api.wall_offset,
+            origin=self._url or "http://127.0.0.1",
+            gateway=False,
+            retention=self.retention,
+        )
+
+    def file_content(self, prediction_id: str, name: str) -> bytes:
+        """Return the bytes ``/files/{prediction_id}/{name}`` serves.
+
+        Raises:
+            KeyError: No such prediction or file.
+        """
+        content = served_file(self._predictions[prediction_id], name)
+        if content is None:
+            raise KeyError(name)
+        return content
+
+    def _new_id(self) -> str:
+        while True:
+            pid = self._rng.randbytes(26).translate(_ID_TABLE).decode()
+            if pid not in self._predictions:
+                return pid

@@ -1,0 +1,80 @@
+"""What the fake server counts, and a clock tests can drive by hand."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import NamedTuple
+
+import attrs
+
+
+class RequestRecord(NamedTuple):
+    """One line of :attr:`ServerStats.request_log`."""
+
+    #: Arrival time, in seconds of the server's (monotonic) clock.
+    time: float
+    method: str
+    path: str
+    #: Status sent; 0 when the connection was dropped without an answer.
+    status: int
+
+
+@attrs.define
+class ServerStats:
+    """Live counters of a :class:`FakeReplicate`, updated as requests arrive.
+
+    "API requests" are those under ``/v1`` and ``/replicate/v1``; file
+    downloads (``/files/...``) count only in :attr:`total_requests`,
+    :attr:`responses_by_status` and :attr:`request_log`.
+
+    Attributes:
+        total_requests: Every request received, files and unknown paths included.
+        requests_per_id: API requests (GET and cancel) per prediction id.
+        cancel_requests: Cancel requests per prediction id.
+        in_flight: API requests being handled right now.
+        peak_in_flight: Highest :attr:`in_flight` seen.  Handlers answer
+            without pausing, so requests overlap only while a ``latency`` or a
+            :meth:`Fault.slow` keeps them waiting.
+        early_requests: API requests that arrived while a ``Retry-After`` this
+            server sent was still running, timed from when the 429 was
+            produced.  Limits are per key, so a request for any prediction
+            counts.  So do requests the client had already sent when the 429
+            went out: a client keeping *C* requests open may cause about
+            *C* - 1 of them per 429 without ignoring anything.
+        responses_by_status: Responses per HTTP status (0: connection dropped).
+        faults_injected: Faults injected, by :attr:`Fault.kind`.
+        request_log: The latest requests (a bounded deque, oldest dropped
+            first; empty when the server was built with ``request_log_size=0``).
+    """
+
+    total_requests: int = 0
+    requests_per_id: Counter[str] = attrs.Factory(Counter)
+    cancel_requests: Counter[str] = attrs.Factory(Counter)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    early_requests: int = 0
+    responses_by_status: Counter[int] = attrs.Factory(Counter)
+    faults_injected: Counter[str] = attrs.Factory(Counter)
+    request_log: deque[RequestRecord] = attrs.Factory(lambda: deque(maxlen=10_000))
+
+
+@attrs.define
+class FakeClock:
+    """A monotonic clock that only moves when told to; pass it as ``clock=``.
+
+    Example:
+        >>> clock = FakeClock()
+        >>> clock.advance(2.5)
+        >>> clock()
+        2.5
+    """
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        """Return the current time in seconds."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by *seconds*."""
+        self.now += seconds
