@@ -9,9 +9,10 @@ SIGTERM). Errors are one line on standard error, never a traceback (set
 never printed.
 """
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import click
 from rich.logging import RichHandler
@@ -63,6 +64,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: Arguments without the program name (default: ``sys.argv[1:]``).
     """
+    with _logging_restored():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    # ``cli`` configures the "replipoll" logger for a terminal; put it back
+    # afterwards, so that calling main() from Python leaves no trace.
+    log = logging.getLogger("replipoll")
+    handlers, propagate, level = log.handlers[:], log.propagate, log.level
+    try:
+        yield
+    finally:
+        log.handlers[:] = handlers
+        log.propagate = propagate
+        log.setLevel(level)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         code = cli.main(args=argv, prog_name="replipoll", standalone_mode=False)
     except click.exceptions.Abort:
