@@ -720,6 +720,22 @@ async def test_early_requests_are_those_inside_a_retry_after(
     assert [r.time for r in server.stats.request_log] == [100.0, 101.0, 102.5]
 
 
+async def test_early_grace_excuses_requests_already_in_flight(
+    clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    """Requests within early_grace of a pause's start are not early; later ones are."""
+    async with FakeReplicate(KEY, clock=clock, early_grace=0.1) as server:
+        a = server.add_prediction()
+        server.add_fault(Fault.rate_limited(2), prediction_id=a)
+        await fetch(session, "GET", prediction_url(server, a))  # the 429
+        clock.advance(0.05)
+        await fetch(session, "GET", prediction_url(server, a))  # in flight: excused
+        clock.advance(0.5)
+        await fetch(session, "GET", prediction_url(server, a))  # ignored the pause
+        assert server.stats.early_requests == 1
+        assert server.stats.requests_during_pause == 2
+
+
 async def test_reset_stats_starts_afresh(
     server: FakeReplicate, session: aiohttp.ClientSession
 ) -> None:

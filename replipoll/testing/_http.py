@@ -72,8 +72,10 @@ class Api:
     log_size: int
     latency: float
     retention: float | None
+    early_grace: float
     stats: ServerStats = attrs.field(init=False, factory=ServerStats)
     paused_until: float = float("-inf")
+    pause_started: float = float("-inf")
     _ids: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
 
     def __attrs_post_init__(self) -> None:
@@ -118,7 +120,9 @@ class Api:
             stats.in_flight += 1
             stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
             if now < self.paused_until:
-                stats.early_requests += 1
+                stats.requests_during_pause += 1
+                if now >= self.pause_started + self.early_grace:
+                    stats.early_requests += 1
             if pid is not None:
                 stats.requests_per_id[pid] += 1
         fault = None
@@ -164,8 +168,10 @@ class Api:
         body = fault.body.replace(REQUEST_ID_TOKEN, REQUEST_ID.get().encode())
         response = web.Response(status=fault.code, body=body, headers=headers)
         if fault.retry_after is not None:  # the pause runs from the answer
-            until = self.clock() + fault.retry_after
-            self.paused_until = max(self.paused_until, until)
+            now = self.clock()
+            if now >= self.paused_until:  # a new pause, not an extension
+                self.pause_started = now
+            self.paused_until = max(self.paused_until, now + fault.retry_after)
         return response
 
     async def _answer(

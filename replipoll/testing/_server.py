@@ -55,6 +55,11 @@ class FakeReplicate:
         retention: Seconds after completion when a prediction's input, output
             and logs are removed (``data_removed: true``), as Replicate does
             after about an hour; default: never.
+        early_grace: Seconds after a pause begins during which arriving
+            requests are not counted in :attr:`ServerStats.early_requests`:
+            the client had sent them before the 429 could reach it.  Keep it
+            at 0 for a client with one request open at a time; a few tens of
+            milliseconds cover the requests a concurrent client has in flight.
 
     Endpoints, under both ``/v1`` and ``/replicate/v1``:
 
@@ -99,6 +104,7 @@ class FakeReplicate:
         default=10_000, kw_only=True, on_setattr=_frozen
     )
     latency: float = attrs.field(default=0.0, kw_only=True, on_setattr=_frozen)
+    early_grace: float = attrs.field(default=0.0, kw_only=True, on_setattr=_frozen)
     retention: float | None = attrs.field(
         default=None, kw_only=True, on_setattr=_frozen
     )
@@ -126,6 +132,7 @@ class FakeReplicate:
             log_size=self.request_log_size,
             latency=self.latency,
             retention=self.retention,
+            early_grace=self.early_grace,
         )
         self._app = self._api.build_app()
 

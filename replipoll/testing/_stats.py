@@ -37,10 +37,12 @@ class ServerStats:
             :meth:`Fault.slow` keeps them waiting.
         early_requests: API requests that arrived while a ``Retry-After`` this
             server sent was still running, timed from when the 429 was
-            produced.  Limits are per key, so a request for any prediction
-            counts.  So do requests the client had already sent when the 429
-            went out: a client keeping *C* requests open may cause about
-            *C* - 1 of them per 429 without ignoring anything.
+            produced, less those arriving within the server's
+            ``early_grace`` of the pause's start (requests a concurrent
+            client had already sent).  Limits are per key, so a request for
+            any prediction counts.
+        requests_during_pause: Every API request that arrived during a
+            pause, those within the grace included.
         responses_by_status: Responses per HTTP status (0: connection dropped).
         faults_injected: Faults injected, by :attr:`Fault.kind`.
         request_log: The latest requests (a bounded deque, oldest dropped
@@ -53,6 +55,7 @@ class ServerStats:
     in_flight: int = 0
     peak_in_flight: int = 0
     early_requests: int = 0
+    requests_during_pause: int = 0
     responses_by_status: Counter[int] = attrs.Factory(Counter)
     faults_injected: Counter[str] = attrs.Factory(Counter)
     request_log: deque[RequestRecord] = attrs.Factory(lambda: deque(maxlen=10_000))
