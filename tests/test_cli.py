@@ -8,6 +8,7 @@ process, talks to it over loopback.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pty
@@ -522,6 +523,32 @@ def test_demo_runs_offline_and_ends_with_a_summary() -> None:
         "wall time",
     ):
         assert expected in done.stdout
+
+
+async def test_demo_script_has_every_outcome_and_survives_its_faults() -> None:
+    """In-process: each outcome appears, the 404s are the only errors, and the
+    429 storm and the sprinkled faults were met and retried."""
+    from replipoll._cli._demo import run_demo
+    from rich.console import Console
+
+    screen = io.StringIO()
+    result = await run_demo(
+        predictions=40,
+        seed=3,
+        scale=0.1,
+        concurrency=8,
+        console=Console(file=screen, force_terminal=True, width=100),
+        progress=True,
+    )
+    outcomes = dict(result.outcomes)
+    assert sum(outcomes.values()) == 42
+    assert outcomes["error"] == 2  # the two ids nobody created
+    assert outcomes["aborted"] == 1
+    assert outcomes["failed"] == 4
+    assert outcomes["canceled"] == 2
+    assert int(result.figures["429s honoured"]) > 0
+    assert int(result.figures["retries"]) > 0
+    assert "━" in screen.getvalue()
 
 
 def test_download_saves_outputs_and_exits_1_for_a_failed_prediction(
