@@ -1,10 +1,15 @@
-"""Run the code examples of README.md and docs/ with Sybil, so they cannot rot.
+"""Run the code examples of README.md, docs/ and docstrings with Sybil.
+
+Examples that run cannot rot.
 
 Every ```python block of those Markdown files runs, in page order, in one
 namespace per page; ``>>>`` blocks are checked like doctests. A ```text block
 right after a python block that printed something must match what it printed
 (``...`` matches anything; whitespace is normalised). A block that needs a real
 provider is preceded by a ``% skip: next`` comment and does not run.
+
+The ``>>>`` examples in the package's docstrings run too, as doctests in the
+namespace of their module.
 
 The examples talk only to :class:`replipoll.testing.FakeReplicate` on 127.0.0.1.
 """
@@ -13,12 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import doctest
+import importlib
 import io
+import pkgutil
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import replipoll
 from sybil import Document, Example, Region, Sybil
 from sybil.parsers.myst import CodeBlockParser, PythonCodeBlockParser, SkipParser
+from sybil.parsers.rest import DocTestParser
+
+# Import every module of the package now: Sybil forgets modules first imported
+# while it reads a file, and a second copy of a module means a second copy of
+# its classes (and `except replipoll.ReplipollError` that catches nothing).
+# (Not __main__, which runs a command line, nor the pytest plugin, which pytest
+# itself must import first to rewrite its asserts.)
+_SKIP = ("__main__", "pytest_plugin")
+for _module in pkgutil.walk_packages(replipoll.__path__, "replipoll."):
+    if not _module.name.endswith(_SKIP):
+        importlib.import_module(_module.name)
 
 _PRINTED = "_sybil_printed"
 _CHECKER = doctest.OutputChecker()
@@ -93,12 +112,19 @@ def _setup(namespace: dict[str, Any]) -> None:
     namespace["__name__"] = "__main__"
 
 
-pytest_collect_file = Sybil(
+markdown = Sybil(
     parsers=_parsers(),
     setup=_setup,
     patterns=["README.md", "docs/*.md", "docs/*/*.md"],
     excludes=["docs/_build/*", "bench/*"],
     name="docs",
-).pytest()
+)
+docstrings = Sybil(
+    parsers=[DocTestParser(optionflags=doctest.ELLIPSIS)],
+    patterns=["replipoll/*.py", "replipoll/*/*.py"],
+    excludes=["replipoll/*/__main__.py", "replipoll/testing/pytest_plugin.py"],
+    name="docstrings",
+)
+pytest_collect_file = (markdown + docstrings).pytest()
 
 collect_ignore = ["docs/_build", "docs/conf.py"]
