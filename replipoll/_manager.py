@@ -175,7 +175,7 @@ class PollManager:
         ...             base_url=server.base_url(), api_key=server.api_key
         ...         ) as client, replipoll.PollManager(client) as manager:
         ...             results = await manager.poll_many(ids)
-        ...     return [r.prediction.status for r in results]
+        ...     return [str(r.prediction.status) for r in results]
         >>> asyncio.run(main())
         ['succeeded', 'succeeded', 'succeeded']
     """
