@@ -37,7 +37,7 @@ RUFF = next(
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (tests/, docs/, README.md) with branch coverage."""
+    """Run the tests (tests/, docs/, README.md, docstrings) with branch coverage."""
     session.install("-e", ".[tests]")
     session.run(
         "python",

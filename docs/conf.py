@@ -62,14 +62,19 @@ myst_enable_extensions = ["colon_fence", "deflist", "smartquotes"]
 myst_heading_anchors = 3
 
 nitpicky = True
-# Names from other projects: resolved by intersphinx when online, ignored when
-# offline (a build without network must still pass with -W -n).
-_EXTERNAL = (
-    r"(aiohttp|asyncio|attrs|attr|backoff|cattrs|collections|contextlib|datetime"
-    r"|enum|logging|pathlib|pytest|pytest_asyncio|random|types|typing|web"
-    r"|click|concurrent|os|json)(\..+)?"
+# Names from other projects. Those whose docs have an inventory above are
+# resolved by intersphinx when online and ignored when offline (a build without
+# network must still pass with -W -n); the others are always ignored.
+_WITH_INVENTORY = (
+    r"(aiohttp|asyncio|attrs|attr|collections|concurrent|contextlib|datetime"
+    r"|enum|json|logging|os|pathlib|random|types|typing)(\..+)?"
 )
-nitpick_ignore_regex = [] if ONLINE else [(r"py:.*", _EXTERNAL)]
+_WITHOUT_INVENTORY = (
+    r"(backoff|cattrs|click|multidict|pytest|pytest_asyncio|web)(\..+)?"
+)
+nitpick_ignore_regex = [(r"py:.*", _WITHOUT_INVENTORY)]
+if not ONLINE:
+    nitpick_ignore_regex.append((r"py:.*", _WITH_INVENTORY))
 # Targets that are never documented anywhere: type variables and private names.
 nitpick_ignore_regex += [(r"py:.*", r"(.+\.)?_[A-Za-z].*"), (r"py:.*", r"T")]
 nitpick_ignore = [
