@@ -8,7 +8,6 @@ import time
 from collections import Counter
 
 import pytest
-
 import replipoll
 from replipoll import (
     Client,
@@ -184,13 +183,15 @@ async def test_deadline_fires_during_a_retry_wait(
 ) -> None:
     pid = fake_replicate.add_prediction()
     fake_replicate.add_fault(Fault.rate_limited(5.0), prediction_id=pid)
-    async with Client(
-        base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
-    ) as client:
-        async with PollManager(client, task_timeout=0.3) as manager:
-            start = time.monotonic()
-            (result,) = await manager.poll_many([pid])
-            assert time.monotonic() - start < 1.0
+    async with (
+        Client(
+            base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
+        ) as client,
+        PollManager(client, task_timeout=0.3) as manager,
+    ):
+        start = time.monotonic()
+        (result,) = await manager.poll_many([pid])
+        assert time.monotonic() - start < 1.0
     assert isinstance(result.error, PollTimeout)
     assert result.prediction is None
 
@@ -200,13 +201,15 @@ async def test_deadline_cuts_a_hanging_request_short(
 ) -> None:
     pid = fake_replicate.add_prediction()
     fake_replicate.add_fault(Fault.slow(5.0), prediction_id=pid)
-    async with Client(
-        base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
-    ) as client:
-        async with PollManager(client, task_timeout=0.3) as manager:
-            start = time.monotonic()
-            (result,) = await manager.poll_many([pid])
-            assert time.monotonic() - start < 1.5
+    async with (
+        Client(
+            base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
+        ) as client,
+        PollManager(client, task_timeout=0.3) as manager,
+    ):
+        start = time.monotonic()
+        (result,) = await manager.poll_many([pid])
+        assert time.monotonic() - start < 1.5
     assert isinstance(result.error, PollTimeout)
 
 
