@@ -30,7 +30,7 @@ HERE = Path(__file__).parent
 
 project = "replipoll"
 author = "The replipoll developers"
-copyright = "2025, The replipoll developers"
+copyright = "The replipoll developers"
 release = metadata.version("replipoll")
 version = release.rsplit(".", 1)[0]
 
