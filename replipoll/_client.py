@@ -293,8 +293,15 @@ class Client:
         """
         session = self._ensure_session()
         try:
+            # Never follow a redirect: it would send the request (the key
+            # too, on the same host) to a path nobody configured, and turn a
+            # POST .../cancel into a GET. A 3xx is a BadRequestError instead.
             async with session.request(
-                method, url, headers=self._headers, timeout=self._timeout
+                method,
+                url,
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 body = await response.read()
                 status = response.status

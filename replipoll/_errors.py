@@ -9,7 +9,7 @@
 ├── ClientClosedError (RuntimeError)      the client was closed; no request sent
     ├── RequestError                          a request failed; .attempts, .request_id
     │   ├── HTTPStatusError                   an answer with a non-2xx status
-    │   │   ├── BadRequestError               400, 422 and other 4xx
+    │   │   ├── BadRequestError               400, 422, other 4xx; 3xx
     │   │   ├── AuthenticationError           401, 403
     │   │   ├── NotFoundError                 404
     │   │   ├── RateLimitedError              429; .retry_after
@@ -171,7 +171,12 @@ class HTTPStatusError(RequestError):
 
 
 class BadRequestError(HTTPStatusError):
-    """400, 422 and other 4xx answers: the request itself is wrong; not retried."""
+    """400, 422 and other 4xx answers: the request itself is wrong; not retried.
+
+    Also a 3xx: redirects are never followed (they would take the request,
+    and the key, to a path nobody configured), so a gateway that redirects
+    usually means the base URL is wrong.
+    """
 
 
 class AuthenticationError(HTTPStatusError):

@@ -269,6 +269,10 @@ def error_for_response(
         return RateLimitedError(message, retry_after=retry_after, **common)
     if cls is None:
         cls = ServerError if status >= 500 else BadRequestError
+    if 300 <= status < 400:
+        # Redirects are not followed (see Client.send); say where it pointed.
+        location = _shorten(headers.get("Location", "")) or "nowhere"
+        message = f"{message}; redirect to {location} not followed, check base_url"
     return cls(message, **common)
 
 
