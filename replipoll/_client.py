@@ -292,6 +292,7 @@ class Client:
         A 429 with a ``Retry-After`` pauses ``budget`` and this client's own.
         """
         session = self._ensure_session()
+        failure: RequestError | None = None
         try:
             # Never follow a redirect: it would send the request (the key
             # too, on the same host) to a path nobody configured, and turn a
@@ -308,21 +309,26 @@ class Client:
                 headers = response.headers
                 reason = response.reason or ""
         except TimeoutError:
-            raise RequestTimeoutError(
+            failure = RequestTimeoutError(
                 f"no answer within {self.timeouts.total}s", method=method, url=url
-            ) from None
+            )
         except aiohttp.ClientPayloadError as exc:
-            raise ConnectError(
+            failure = ConnectError(
                 f"answer cut off: {type(exc).__name__}", method=method, url=url
-            ) from None
+            )
         except aiohttp.ClientConnectionError as exc:
-            raise ConnectError(
+            failure = ConnectError(
                 f"connection failed: {_describe(exc)}", method=method, url=url
-            ) from None
+            )
         except aiohttp.ClientError as exc:
-            raise TransportError(
+            failure = TransportError(
                 f"request failed: {_describe(exc)}", method=method, url=url
-            ) from None
+            )
+        if failure is not None:
+            # Raised here, not in the handler: "from None" would still keep
+            # aiohttp's exception as __context__, and some of them (every
+            # ClientResponseError) hold the request's headers, API key included.
+            raise failure
         if 200 <= status < 300:
             return decode_prediction(status, headers, body, method=method, url=url)
         error = error_for_response(
