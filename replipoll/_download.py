@@ -312,10 +312,6 @@ async def _save_one(
     timeout: aiohttp.ClientTimeout,
     slots: asyncio.Semaphore,
 ) -> SavedFile:
-    if not overwrite:
-        size = await asyncio.to_thread(_existing_size, target)
-        if size is not None:
-            return SavedFile(url, target, size, skipped=True)
     fetch = backoff.on_exception(
         retry.wait_gen,
         RequestError,
@@ -326,7 +322,12 @@ async def _save_one(
         raise_on_giveup=True,
         logger=None,
     )(_fetch_once)
+    # The slot covers the existence check too, so files are taken in order.
     async with slots:
+        if not overwrite:
+            size = await asyncio.to_thread(_existing_size, target)
+            if size is not None:
+                return SavedFile(url, target, size, skipped=True)
         try:
             size = await fetch(session, url, target, timeout)
         except RequestError as exc:

@@ -159,7 +159,8 @@ class PollManager:
             ``None`` waits forever.
         policy: The poll schedule; :class:`PollPolicy` by default.
         on_update: Called (sync or async) with each record whose status
-            changed. If it raises, that id ends with the callback's exception.
+            changed. It runs in a worker, so keep it short. If it raises,
+            that id ends with the callback's exception.
         cancel_on_timeout: Also ``POST .../cancel`` an id whose deadline passed.
 
     Use it as ``async with``; on exit every poll still running is cancelled
@@ -268,7 +269,9 @@ class PollManager:
         """Start tracking an id; the future resolves with its terminal record.
 
         Submitting an id already tracked returns the same future: one poll
-        stream per id, however many awaiters.
+        stream per id, however many awaiters. The future is shared, so
+        cancelling it (or a task awaiting it directly) stops the poll for every
+        awaiter; use :meth:`wait` to wait without that risk.
 
         Raises:
             InvalidPredictionIdError: the id is unusable; nothing is tracked.
@@ -292,6 +295,20 @@ class PollManager:
         self._by_status["unknown"] += 1
         queue.put_nowait(pid)
         return future
+
+    async def wait(self, prediction_id: str) -> Prediction:
+        """Submit an id (or join its poll) and wait for its terminal record.
+
+        Unlike awaiting :meth:`submit`'s shared future directly, cancelling
+        the caller here (a request handler that gave up, an ``asyncio.timeout``)
+        leaves the poll, and every other waiter on the same id, untouched.
+
+        Raises:
+            The exception that ended this id: :class:`~replipoll.PollTimeout`,
+            :class:`~replipoll.NotFoundError`, a ``RequestError`` whose
+            ``attempts`` says retries were exhausted, ...
+        """
+        return await asyncio.shield(self.submit(prediction_id))
 
     async def poll_many(self, prediction_ids: Iterable[str]) -> list[PollResult]:
         """Poll every id to the end; one :class:`PollResult` per id, in input order.
@@ -332,6 +349,7 @@ class PollManager:
         if not remote:
             track = self._tracks.pop(prediction_id, None)
             if track is not None:
+                self._by_status[self._status_of(track)] -= 1
                 track.future.cancel()
             return None
         prediction = await self.client.cancel(prediction_id)
@@ -502,9 +520,13 @@ class PollManager:
 
     # -- bookkeeping ---------------------------------------------------------
 
+    @staticmethod
+    def _status_of(track: _Track) -> str:
+        return str(track.last.status) if track.last is not None else "unknown"
+
     def _observe(self, track: _Track, prediction: Prediction) -> bool:
         """Record ``prediction`` as the latest; return True if its status changed."""
-        old = str(track.last.status) if track.last is not None else "unknown"
+        old = self._status_of(track)
         track.last = prediction
         new = str(prediction.status)
         if new == old:

@@ -102,7 +102,7 @@ class Prediction:
     #: ``"hidden"`` on the gateways.
     version: str | None = None
     input: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
-    #: Any JSON: a URL, a list of URLs, text, or nested objects.
+    #: The result, as any JSON value: a URL, a list of URLs, text, or objects.
     output: Any = attrs.field(default=None, repr=False)
     logs: str | None = attrs.field(default=None, repr=False)
     error: str | None = None

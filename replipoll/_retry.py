@@ -9,7 +9,7 @@ schedule with :meth:`RetryPolicy.delay`, so a waiting retry holds no worker.
 from __future__ import annotations
 
 import random
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from typing import Final
 
 import attrs
@@ -28,6 +28,10 @@ __all__ = ["DEFAULT_RETRY_STATUSES", "RetryPolicy"]
 #: Statuses retried by default: throttling, server errors, gateway failures
 #: and Cloudflare's 524 timeout.
 DEFAULT_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504, 524})
+
+
+def _status_set(statuses: Iterable[int]) -> frozenset[int]:
+    return frozenset(statuses)
 
 
 @attrs.frozen
@@ -59,7 +63,7 @@ class RetryPolicy:
         default=300.0, validator=attrs.validators.ge(0)
     )
     retry_statuses: frozenset[int] = attrs.field(
-        default=DEFAULT_RETRY_STATUSES, converter=frozenset
+        default=DEFAULT_RETRY_STATUSES, converter=_status_set
     )
 
     def is_retryable(self, error: BaseException) -> bool:

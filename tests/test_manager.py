@@ -412,3 +412,29 @@ async def test_wait_and_manager_reject_nonsense_options(client: Client) -> None:
         PollManager(client, max_concurrency=0)
     with pytest.raises(ValueError, match="task_timeout"):
         PollManager(client, task_timeout=0)
+
+
+async def test_wait_survives_one_waiter_giving_up(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=0.4)
+    async with PollManager(client, policy=QUICK) as manager:
+        impatient = asyncio.create_task(manager.wait(pid))
+        patient = asyncio.create_task(manager.wait(pid))
+        await asyncio.sleep(0.1)
+        impatient.cancel()
+        assert (await patient).status == "succeeded"
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+
+
+async def test_local_cancel_removes_the_id_from_the_status_counts(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    async with PollManager(client, policy=QUICK) as manager:
+        manager.submit(pid)
+        await asyncio.sleep(0.1)
+        assert manager.stats.by_status == {"processing": 1}
+        await manager.cancel(pid)
+        assert manager.stats.by_status == {}

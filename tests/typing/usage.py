@@ -59,10 +59,8 @@ def configure() -> list[Client]:
         ),
         Client(
             api_key="k",
-            # RetryPolicy's attrs converter=frozenset leaves the parameter's
-            # type unsolvable for mypy, so even a frozenset[int] is rejected.
-            # Remove this ignore once the converter is a typed function.
-            retry=RetryPolicy(retry_statuses=frozenset({429})),  # type: ignore[arg-type]
+            # Any iterable of statuses is accepted and stored as a frozenset.
+            retry=RetryPolicy(retry_statuses={429, 503}),
         ),
     ]
     assert_type(clients[0].base_url, str)
