@@ -229,6 +229,10 @@ def _record_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, obje
             raise _FieldError(f"{key}.{exc.field}".rstrip("."), str(exc)) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise _FieldError(key, str(exc)) from None
+        except RecursionError:
+            # Nesting json.loads accepted can still be too deep a few frames
+            # further down (json.dumps in _error_text): a bad field, no crash.
+            raise _FieldError(key, "nested too deeply") from None
         if extra:
             kwargs["extra"] = extra
         return cls(**kwargs)
