@@ -14,7 +14,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 import cattrs
-from cattrs.gen import make_dict_unstructure_fn
+from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._errors import DecodeError
 from ._models import Prediction, PredictionMetrics, PredictionUrls, Status
@@ -167,8 +167,20 @@ def _make_converter() -> cattrs.Converter:
 def _record_unhook(
     conv: cattrs.Converter, cls: type[T]
 ) -> Callable[[T], dict[str, Any]]:
-    """Unstructure ``cls`` back to the provider's JSON shape, ``extra`` included."""
-    generated = make_dict_unstructure_fn(cls, conv)
+    """Unstructure ``cls`` back to the provider's JSON shape, ``extra`` included.
+
+    Fields holding raw JSON (``output``, ``input``, ``extra``) are passed
+    through as they are: they came from ``json.loads``, and walking them
+    value by value would fail on nesting far shallower than the decoder
+    accepts (a few hundred levels).
+    """
+    attrs.resolve_types(cls)  # type: ignore[type-var]
+    raw = {
+        f.name: override(unstruct_hook=_same)
+        for f in attrs.fields(cls)  # type: ignore[arg-type]
+        if _holds_raw_json(f.type)
+    }
+    generated = make_dict_unstructure_fn(cls, conv, **raw)  # type: ignore[arg-type]
 
     def unstructure(record: T) -> dict[str, Any]:
         data = generated(record)
@@ -178,6 +190,19 @@ def _record_unhook(
         return data
 
     return unstructure
+
+
+def _holds_raw_json(kind: object) -> bool:
+    if kind is Any:
+        return True
+    args = getattr(kind, "__args__", ())
+    return kind == Mapping[str, Any] or (
+        type(None) in args and any(_holds_raw_json(a) for a in args)
+    )
+
+
+def _same(value: object) -> object:
+    return value
 
 
 def _format_timestamp(value: datetime) -> str:
