@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ._decode import structure_prediction
 from ._errors import (
@@ -107,11 +107,24 @@ def normalize_base_url(base_url: str) -> str:
 
     Raises:
         ConfigurationError: not an absolute ``http(s)`` URL with a host, or it
-            carries a query, a fragment or credentials.
+            carries a query, a fragment (even an empty ``?`` or ``#``, which
+            would swallow the path appended to it), credentials, whitespace,
+            control characters, backslashes or ``.``/``..`` path segments
+            (which would move requests to another path).
     """
     if not isinstance(base_url, str) or not base_url.strip():
         raise ConfigurationError("base_url must be a non-empty string")
     text = base_url.strip()
+    for char in text:
+        if char.isspace() or unicodedata.category(char)[0] == "C":
+            # urlsplit drops tabs and newlines silently; aiohttp may not.
+            raise ConfigurationError(
+                "base_url must not contain whitespace or control characters"
+            )
+    if "?" in text or "#" in text:
+        raise ConfigurationError("base_url must not have a query string or fragment")
+    if "\\" in text:
+        raise ConfigurationError("base_url must not contain backslashes")
     try:
         parts = urlsplit(text)
         _ = parts.port  # raises ValueError on a bad port
@@ -128,6 +141,8 @@ def normalize_base_url(base_url: str) -> str:
         raise ConfigurationError(
             "base_url must not contain credentials; pass the key as api_key"
         )
+    if {".", ".."} & set(unquote(parts.path).split("/")):
+        raise ConfigurationError("base_url must not contain '.' or '..' path segments")
     return text.rstrip("/")
 
 
