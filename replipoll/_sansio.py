@@ -157,7 +157,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
     Accepts delta-seconds (fractions too, as some gateways send them) and
     HTTP-dates. Negative values and dates in the past mean "now" (``0.0``);
-    garbage, NaN and infinities give ``None``.
+    garbage, NaN and the words ``inf``/``infinity`` give ``None``; a number
+    too large for a float gives ``inf``.
 
     Args:
         value: The header value.
@@ -178,8 +179,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         if when is None or when.tzinfo is None:
             return None
         return max(0.0, when.timestamp() - now)
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+    if seconds != seconds or seconds == float("-inf"):
         return None
+    if seconds == float("inf"):
+        # "inf" is no number of seconds; 400 digits are, just a huge one: it
+        # must exceed max_retry_after (not be ignored and retried at once).
+        return seconds if text[0].isdigit() else None
     return max(0.0, seconds)
 
 
