@@ -478,16 +478,20 @@ class PollManager:
             self._in_flight -= 1
             raise
         self._in_flight -= 1
+        if not self._is_current(track):
+            return  # cancelled locally while the request ran: drop the answer
         track.attempts = 0
         if self._observe(track, prediction):
             await self._notify(prediction)
         if prediction.is_terminal:
             self._resolve(track, prediction)
-        elif track.id in self._tracks:
+        elif self._is_current(track):
             now = loop.time()
             self._schedule(track, now + self.policy.next_delay(now - track.started))
 
     def _failed_request(self, track: _Track, exc: RequestError, now: float) -> None:
+        if not self._is_current(track):
+            return
         track.attempts += 1
         if isinstance(exc, RateLimitedError):
             self._throttled += 1
@@ -548,14 +552,21 @@ class PollManager:
             if inspect.isawaitable(result):
                 await result
 
+    def _is_current(self, track: _Track) -> bool:
+        # An id cancelled locally and submitted again has a new _Track; a
+        # request of the old one may still be running and must not touch it.
+        return self._tracks.get(track.id) is track
+
     def _resolve(self, track: _Track, prediction: Prediction) -> None:
-        if self._tracks.pop(track.id, None) is not None:
+        if self._is_current(track):
+            del self._tracks[track.id]
             self._finished += 1
             if not track.future.done():
                 track.future.set_result(prediction)
 
     def _fail(self, track: _Track, error: BaseException) -> None:
-        if self._tracks.pop(track.id, None) is not None:
+        if self._is_current(track):
+            del self._tracks[track.id]
             self._finished += 1
             self._errors += 1
             if not track.future.done():
