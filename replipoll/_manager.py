@@ -279,7 +279,13 @@ class PollManager:
         pid = validate_prediction_id(prediction_id)
         track = self._tracks.get(pid)
         if track is not None:
-            return track.future
+            if not track.future.done():
+                return track.future
+            # An awaiter cancelled the shared future (asyncio.wait_for does on
+            # timeout): handing it out again would fail every later caller at
+            # once. Forget that track and start a fresh one.
+            del self._tracks[pid]
+            self._by_status[self._status_of(track)] -= 1
         queue = self._start()
         assert self._loop is not None
         now = self._loop.time()
