@@ -440,6 +440,8 @@ class PollManager:
         assert self._queue is not None
         assert self._loop is not None
         queue, loop = self._queue, self._loop
+        this = asyncio.current_task()
+        assert this is not None
         while True:
             pid = await queue.get()
             track = self._tracks.get(pid)
@@ -453,6 +455,18 @@ class PollManager:
             except Exception as exc:
                 # e.g. ClientClosedError, or an on_update callback that raised.
                 self._fail(track, exc)
+            except asyncio.CancelledError:
+                if this.cancelling():
+                    raise  # close(): this worker is being stopped
+                # Something the poll awaited was cancelled, not this worker
+                # (an on_update callback awaiting a cancelled future): end
+                # that id as cancelled. Dying here would strand every id
+                # left in the queue, and hang poll_many.
+                if self._is_current(track):
+                    del self._tracks[track.id]
+                    self._finished += 1
+                    self._errors += 1
+                    track.future.cancel()
 
     async def _poll(self, track: _Track, loop: asyncio.AbstractEventLoop) -> None:
         if loop.time() >= track.deadline:
