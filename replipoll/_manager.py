@@ -472,9 +472,24 @@ class PollManager:
         if loop.time() >= track.deadline:
             await self._time_out(track)
             return
-        delay = self.budget.reserve(time.monotonic())
+        now = time.monotonic()
+        if self.budget.is_paused(now):
+            # A Retry-After is running: wait for it on the heap, not in this
+            # worker. Workers asleep in a pause of up to max_retry_after
+            # would hold every id, and its deadline, until the pause ended.
+            pause = self.budget.paused_until - now
+            self._budget_wait += min(pause, max(track.deadline - loop.time(), 0.0))
+            self._schedule(track, loop.time() + pause)
+            return
+        delay = self.budget.reserve(now)
         if delay > 0:
-            self._budget_wait += await wait_for_slot(self.budget, delay)
+            deadline = track.deadline if track.deadline < float("inf") else None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    self._budget_wait += await wait_for_slot(self.budget, delay)
+            except TimeoutError:
+                await self._time_out(track)
+                return
         self._requests += 1
         self._in_flight += 1
         if self._in_flight > self._peak:
