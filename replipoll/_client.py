@@ -21,6 +21,7 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConnectError,
+    DecodeError,
     MissingAPIKeyError,
     RateLimitedError,
     RequestError,
@@ -92,6 +93,7 @@ class Client:
         "_closed",
         "_headers",
         "_owns_session",
+        "_redact",
         "_retry_attempts",
         "_session",
         "_timeout",
@@ -127,6 +129,10 @@ class Client:
             raise MissingAPIKeyError(preset.env_var)
         if any(ch in key for ch in "\r\n\0") or not key.isprintable():
             raise ConfigurationError("the API key contains unprintable characters")
+        # A gateway's error page may quote the request back; errors carry
+        # the provider's message, so the key is cut out of it (a key too
+        # short to be a real one would mangle messages instead).
+        self._redact = key.strip() if len(key.strip()) >= 8 else None
         self._headers: Mapping[str, str] = {
             "Authorization": f"Bearer {key.strip()}",
             "Accept": "application/json",
@@ -328,9 +334,12 @@ class Client:
             # Raised here, not in the handler: "from None" would still keep
             # aiohttp's exception as __context__, and some of them (every
             # ClientResponseError) hold the request's headers, API key included.
-            raise failure
+            raise self._redacted(failure)
         if 200 <= status < 300:
-            return decode_prediction(status, headers, body, method=method, url=url)
+            try:
+                return decode_prediction(status, headers, body, method=method, url=url)
+            except DecodeError as exc:
+                raise self._redacted(exc) from None
         error = error_for_response(
             status,
             headers,
@@ -347,7 +356,19 @@ class Client:
             budget.pause_until(until)
             if budget is not self.budget:
                 self.budget.pause_until(until)  # the limit is per key
-        raise error
+        raise self._redacted(error)
+
+    def _redacted(self, error: RequestError) -> RequestError:
+        """Cut this client's key out of the provider's words in ``error``."""
+        key = self._redact
+        if key is None:
+            return error
+        if key in error.message:
+            error.message = error.message.replace(key, "<redacted>")
+            error.args = (error.message,)
+        if error.request_id is not None and key in error.request_id:
+            error.request_id = error.request_id.replace(key, "<redacted>")
+        return error
 
 
 async def wait_for_slot(budget: RateBudget, delay: float) -> float:
