@@ -61,6 +61,7 @@ _HTML_TITLE: Final = re.compile(
     rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL
 )
 _MAX_MESSAGE: Final = 300
+_NOT_JSON: Final = object()
 
 
 def validate_prediction_id(prediction_id: object) -> str:
@@ -313,6 +314,10 @@ def decode_prediction(
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
+        data = _NOT_JSON
+    if data is _NOT_JSON:
+        # Raised outside the handler: json's error would stay attached as
+        # __context__, holding the whole body (which may echo the request).
         message, _ = provider_message(status, body)
         raise DecodeError(
             f"answer is not JSON: {message}",
@@ -321,7 +326,7 @@ def decode_prediction(
             request_id=request_id_from(headers, message),
             method=method,
             url=url,
-        ) from None
+        )
     return structure_prediction(
         data,
         status=status,
