@@ -40,6 +40,9 @@ _FILES: Final = "/files/"
 _PROBLEM: Final = "application/problem+json"
 _PAGE: Final = 100
 _INVALID: Final = "Input validation failed"
+#: A path segment holding a prediction id: anything but "/" (aiohttp's
+#: default pattern also refuses "{" and "}", which add_prediction accepts).
+_ID: Final = "{id:[^/]+}"
 
 Answer = Callable[[], Awaitable[web.StreamResponse]]
 
@@ -97,10 +100,10 @@ class Api:
         for prefix in PREFIXES:
             add_get(f"{prefix}/predictions", self._list)
             add_post(f"{prefix}/predictions", self._create)
-            add_get(f"{prefix}/predictions/{{id}}", self._get)
-            add_post(f"{prefix}/predictions/{{id}}/cancel", self._cancel)
+            add_get(f"{prefix}/predictions/{_ID}", self._get)
+            add_post(f"{prefix}/predictions/{_ID}/cancel", self._cancel)
             add_post(f"{prefix}/models/{{owner}}/{{name}}/predictions", self._create)
-        add_get(f"{_FILES}{{id}}/{{name}}", self._file)
+        add_get(f"{_FILES}{_ID}/{{name}}", self._file)
         return app
 
     @web.middleware
