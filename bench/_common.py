@@ -1,0 +1,212 @@
+"""Shared by the benchmark scripts: the server process, child runs, statistics.
+
+Every benchmark talks to a fake server running in *another* process
+(``bench/fake_server.py``), so the CPU time a benchmark reads with
+:func:`time.process_time` (user + system, all threads) is the client's alone.
+Only the standard library is imported here, so that ``bench_schedule`` (and
+the smoke test that imports it) needs nothing beyond replipoll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+API_KEY = "test-key"  # FakeReplicate's default key
+
+#: One scripted prediction: seconds in ``processing`` from the server's start,
+#: and the final status.
+Script = Sequence[tuple[float, str]]
+
+FOREVER = 1e9  # a duration that outlasts any benchmark: "processing" throughout
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running ``bench/fake_server.py``."""
+
+    base_url: str  # .../v1
+    ids: list[str]
+    pid: int
+
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:PORT``, the base URL the official client wants."""
+        return self.base_url.removesuffix("/v1")
+
+    def stats(self) -> dict[str, Any]:
+        """The server's counters (``GET /_bench/stats``)."""
+        with urllib.request.urlopen(f"{self.origin}/_bench/stats") as answer:
+            data: dict[str, Any] = json.load(answer)
+        return data
+
+    def arrivals(self) -> list[tuple[float, str]]:
+        """When each API request for a prediction arrived (``--log-arrivals``)."""
+        with urllib.request.urlopen(f"{self.origin}/_bench/arrivals") as answer:
+            return [(float(t), str(pid)) for t, pid in json.load(answer)]
+
+    def reset_stats(self) -> None:
+        """Zero the server's counters."""
+        request = urllib.request.Request(f"{self.origin}/_bench/reset", method="POST")
+        with urllib.request.urlopen(request):
+            pass
+
+
+@contextlib.contextmanager
+def fake_server(
+    script: Script,
+    *,
+    rate_limit: float | None = None,
+    burst: int = 10,
+    seed: int = 0,
+    log_arrivals: bool = False,
+) -> Iterator[Server]:
+    """Run ``bench/fake_server.py`` with ``script`` in a child process."""
+    with tempfile.TemporaryDirectory(prefix="replipoll-bench-") as tmp:
+        script_file, ids_file = Path(tmp, "script.json"), Path(tmp, "ids.txt")
+        script_file.write_text(json.dumps([list(entry) for entry in script]))
+        args = [
+            sys.executable,
+            str(BENCH / "fake_server.py"),
+            "--script",
+            str(script_file),
+            "--ids-file",
+            str(ids_file),
+            "--burst",
+            str(burst),
+            "--seed",
+            str(seed),
+        ]
+        if rate_limit is not None:
+            args += ["--rate-limit", str(rate_limit)]
+        if log_arrivals:
+            args.append("--log-arrivals")
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if " on " not in line:
+                raise RuntimeError(f"the fake server did not start: {line!r}")
+            base_url = line.split(" on ", 1)[1].split()[0]
+            ids = ids_file.read_text().split()
+            yield Server(base_url, ids, proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def ids_file(ids: Sequence[str]) -> Iterator[str]:
+    """A temporary file of ``ids``, one a line, for child processes to read."""
+    with tempfile.TemporaryDirectory(prefix="replipoll-ids-") as tmp:
+        path = Path(tmp, "ids.txt")
+        path.write_text("\n".join(ids))
+        yield str(path)
+
+
+def run_child(script: str, *args: str, timeout: float = 900) -> dict[str, Any]:
+    """Run ``bench/<script> --child ...`` in a fresh interpreter; parse its JSON line.
+
+    A fresh process per measurement keeps one client's imports, caches and
+    garbage from weighing on the next one's CPU time.
+    """
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--child", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def cpu() -> float:
+    """CPU seconds used by this process so far: user + system, all threads."""
+    return time.process_time()
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (of a non-empty sequence)."""
+    return statistics.median(values)
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmarks: CPU, cores, load, Python and library versions."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("replipoll", "aiohttp", "attrs", "cattrs", "python-backoff"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    for package in ("replicate", "httpx", "matplotlib"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return {
+        "cpu_model": model,
+        "nproc": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "os": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "versions": versions,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def git_commit() -> str | None:
+    """The commit being measured (``+dirty`` if the work tree has changes)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "replipoll"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def emit(data: object) -> None:
+    """Print one JSON line: how a ``--child`` run hands its figures back."""
+    print(json.dumps(data), flush=True)

@@ -1,0 +1,248 @@
+"""Scale: memory per tracked id, and CPU per request from 1,000 to 100,000 ids.
+
+    python bench/bench_scale.py [--quick]
+
+Memory (tracemalloc, a fresh interpreter per size). The ids are made before
+tracing starts (they are the caller's), and the client is a stub whose
+``send`` answers one shared, pre-built "processing" record after yielding to
+the loop: nothing is sent, and no record is allocated per id, so what
+tracemalloc sees is the manager's own overhead. Two moments are measured:
+
+* *queued*: right after ``submit`` of every id (nothing answered yet: a
+  track, a future and a queue entry each);
+* *scheduled*: after each id's first answer, when every id waits in the
+  heap for its next poll (``PollPolicy.fixed(3600)``): the steady state.
+
+CPU per request vs ids tracked: ``N`` ids, a rate budget of ``R`` requests/s
+and ``PollPolicy.fixed(N / R)``, so the first round is paced by the budget
+and every later round asks exactly ``R`` requests/s of the same ``N`` ids,
+which then sit in the heap. After one round of warm-up, CPU time and requests
+are read over a window. The stub client isolates the manager's own cost per
+request; the real run (full mode) polls the fake server in another process
+(its predictions never finish) and so includes aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    API_KEY,
+    FOREVER,
+    cpu,
+    emit,
+    fake_server,
+    ids_file,
+    median,
+    run_child,
+)
+
+
+def _stub_client() -> Any:
+    """A Client that answers "processing" without sending anything."""
+    import replipoll
+
+    record = replipoll.Prediction.from_json({"id": "x", "status": "processing"})
+
+    class StubClient(replipoll.Client):
+        __slots__ = ()
+
+        async def send(
+            self, method: str, url: str, budget: replipoll.RateBudget
+        ) -> replipoll.Prediction:
+            await asyncio.sleep(0)
+            return record
+
+    return StubClient(base_url="http://127.0.0.1:9/v1", api_key="stub")
+
+
+def make_ids(n: int) -> list[str]:
+    """``n`` distinct 26-character ids, like Replicate's."""
+    return [f"{i:08d}abcdefghijklmnopqr" for i in range(n)]
+
+
+async def memory(n: int) -> dict[str, Any]:
+    """Bytes the manager holds per id, queued and scheduled; runs in a child."""
+    import replipoll
+
+    client = _stub_client()
+    ids = make_ids(n)
+    futures: list[object] = [None] * n  # the caller's list: allocated untraced
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    answered = asyncio.Event()
+
+    def first_answer(record: replipoll.Prediction) -> None:
+        # Called once per id: its status changes from "unknown" to "processing".
+        if manager.stats.requests >= n:
+            answered.set()
+
+    manager = replipoll.PollManager(
+        client, policy=replipoll.PollPolicy.fixed(3600), on_update=first_answer
+    )
+    async with manager:
+        for i, pid in enumerate(ids):
+            futures[i] = manager.submit(pid)
+        queued = tracemalloc.get_traced_memory()[0] - base
+        await answered.wait()
+        await asyncio.sleep(0.05)  # the last answers reschedule their ids
+        gc.collect()
+        scheduled = tracemalloc.get_traced_memory()[0] - base
+        snapshot = tracemalloc.take_snapshot()
+        tracked = manager.stats.tracked
+    tracemalloc.stop()
+    top = snapshot.filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)]
+    ).statistics("lineno")[:6]
+    return {
+        "ids": n,
+        "tracked": tracked,
+        "queued_bytes_per_id": queued / n,
+        "scheduled_bytes_per_id": scheduled / n,
+        "top": [
+            {
+                "where": f"{Path(s.traceback[0].filename).name}:"
+                f"{s.traceback[0].lineno}",
+                "bytes_per_id": round(s.size / n, 1),
+            }
+            for s in top
+        ],
+    }
+
+
+async def steady(
+    n: int, rate: float, window: float, base_url: str | None, ids: list[str]
+) -> dict[str, Any]:
+    """CPU per request with ``n`` ids tracked, at ``rate`` requests/s; a child."""
+    import replipoll
+
+    if base_url is None:
+        client = _stub_client()
+    else:
+        client = replipoll.Client(base_url=base_url, api_key=API_KEY)
+    policy = replipoll.PollPolicy.fixed(n / rate)
+    async with (
+        client,
+        replipoll.PollManager(
+            client, rate_limit=rate, burst=10, policy=policy, task_timeout=None
+        ) as manager,
+    ):
+        for pid in ids[:n]:
+            manager.submit(pid)
+        await asyncio.sleep(n / rate + min(2.0, window / 2))  # one round and more
+        requests, start, wall = manager.stats.requests, cpu(), time.perf_counter()
+        await asyncio.sleep(window)
+        used, wall = cpu() - start, time.perf_counter() - wall
+        requests = manager.stats.requests - requests
+        tracked = manager.stats.tracked
+    return {
+        "ids": n,
+        "tracked": tracked,
+        "requests": requests,
+        "rate": requests / wall,
+        "us_per_request": used / requests * 1e6,
+    }
+
+
+def run(*, quick: bool = False, real: bool | None = None) -> dict[str, Any]:
+    """Memory at each size; CPU per request vs size, stub and (full) real."""
+    sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    real = not quick if real is None else real
+    mem = [run_child("bench_scale.py", "memory", str(n)) for n in sizes]
+    stub_rate, stub_window = 5_000.0, 1.0 if quick else 5.0
+    rounds = 1 if quick else 3
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    for _ in range(rounds):
+        for n in sizes:
+            args = ("steady", str(n), str(stub_rate), str(stub_window))
+            runs[n].append(run_child("bench_scale.py", *args))
+    stub = [
+        {
+            **runs[n][0],
+            "rate": median([r["rate"] for r in runs[n]]),
+            "us_per_request": median([r["us_per_request"] for r in runs[n]]),
+            "samples_us": [round(r["us_per_request"], 1) for r in runs[n]],
+        }
+        for n in sizes
+    ]
+    result: dict[str, Any] = {
+        "memory": mem,
+        "stub": stub,
+        "stub_rate": stub_rate,
+        "stub_rounds": rounds,
+    }
+    if real:
+        real_rate, window = 1_000.0, 8.0
+        script = [(FOREVER, "succeeded")] * max(sizes)
+        with fake_server(script) as server, ids_file(server.ids) as path:
+            result["real"] = [
+                run_child(
+                    "bench_scale.py",
+                    "steady",
+                    str(n),
+                    str(real_rate),
+                    str(window),
+                    server.base_url,
+                    path,
+                )
+                for n in sizes
+            ]
+        result["real_rate"] = real_rate
+    for key in ("stub", "real"):
+        if key in result:
+            first = result[key][0]["us_per_request"]
+            for row in result[key]:
+                row["x_smallest"] = round(row["us_per_request"] / first, 2)
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    """Print the figures."""
+    print("Memory per tracked id (manager's own allocations, tracemalloc):")
+    for row in result["memory"]:
+        print(
+            f"  {row['ids']:>7} ids: queued {row['queued_bytes_per_id']:.0f} B/id, "
+            f"scheduled {row['scheduled_bytes_per_id']:.0f} B/id"
+        )
+    for key, label in (("stub", "stub client"), ("real", "fake server")):
+        if key not in result:
+            continue
+        print(f"CPU per request vs ids tracked ({label}, {result[key + '_rate']:g}/s):")
+        for row in result[key]:
+            print(
+                f"  {row['ids']:>7} ids: {row['us_per_request']:7.1f} us/request "
+                f"({row['x_smallest']}x), {row['rate']:.0f} requests/s"
+            )
+
+
+def main() -> None:
+    """Parse arguments; measure (as the parent) or run one part (as a child)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        part, n, *rest = args.child
+        if part == "memory":
+            emit(asyncio.run(memory(int(n))))
+            return
+        rate, window, *server = rest
+        if server:
+            base_url: str | None = server[0]
+            ids = Path(server[1]).read_text().split()
+        else:
+            base_url, ids = None, make_ids(int(n))
+        emit(asyncio.run(steady(int(n), float(rate), float(window), base_url, ids)))
+        return
+    report(run(quick=args.quick))
+
+
+if __name__ == "__main__":
+    main()

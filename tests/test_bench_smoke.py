@@ -1,0 +1,87 @@
+"""The benchmarks in bench/ cannot rot: their pure parts run here, quickly.
+
+The schedule simulation's quick variant runs end to end and its page section
+is rendered; the server's rate limiter is checked against GCRA by hand. The
+measuring scripts themselves (fake server in another process, CPU timing)
+run with ``python bench/run_all.py --quick``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from replipoll import PollPolicy
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+Loader = Callable[[str], ModuleType]
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> Loader:
+    """Import a module of bench/ the way its scripts do (bench/ on sys.path)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module
+
+
+def test_simulated_polls_match_the_managers_schedule(bench: Loader) -> None:
+    schedule = bench("bench_schedule")
+    fixed = PollPolicy.fixed(0.5)
+    # Polls at 0, 0.5, 1.0 and 1.5 s; the one at 1.5 s sees the end at 1.2 s.
+    requests, delay = schedule.poll(fixed, 1.2, random.Random(0))
+    assert requests == 4
+    assert delay == pytest.approx(0.3)
+    # With a 0.1 s round trip: sent at 0, 0.6, 1.2; the last sees it at 1.25.
+    requests, delay = schedule.poll(fixed, 1.2, random.Random(0), rtt=0.1)
+    assert requests == 3
+    assert delay == pytest.approx(0.1)
+    # Done before the first answer: one request.
+    assert schedule.poll(fixed, 0.0, random.Random(0))[0] == 1
+
+
+def test_quick_schedule_simulation_runs_and_renders(bench: Loader) -> None:
+    schedule, report, common = (
+        bench("bench_schedule"),
+        bench("report"),
+        bench("_common"),
+    )
+    sim = schedule.run_simulation(quick=True)
+    figures = sim["schedules"]
+    official = figures[schedule.OFFICIAL_NAME]
+    assert official["requests_ratio"] == 1.0
+    assert 0.2 < official["mean_delay"] < 0.3  # half of the 0.5 s interval
+    default = next(f for name, f in figures.items() if "default" in name)
+    assert default["requests_per_prediction"] < official["requests_per_prediction"]
+    assert set(sim["frontier"]) >= {"fixed interval"}
+    results = {
+        "quick": True,
+        "commit": None,
+        "machine": common.machine(),
+        "seconds": 1.0,
+        "schedule": {"simulation": sim},
+    }
+    page = report.render(results, findings=report.findings(results))
+    assert "## 5. Schedule efficiency" in page
+    assert "| fixed 0.5 s (official client) |" in page
+
+
+def test_fake_servers_rate_limiter_is_gcra_per_key(bench: Loader) -> None:
+    limiter = bench("fake_server").KeyLimiter(rate=10, burst=3)
+    # A burst of 3 at once, then one every 0.1 s; the 4th at once waits 0.1 s.
+    assert [limiter.admit("a", 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.admit("a", 0.0) == pytest.approx(0.1)
+    assert limiter.admit("a", 0.1) == 0.0
+    assert limiter.admit("b", 0.1) == 0.0  # another key has its own budget
+
+
+def test_over_limit_counts_what_the_client_sent_too_fast(bench: Loader) -> None:
+    rate = bench("bench_rate")
+    paced = [i * 0.1 for i in range(20)]
+    assert rate.over_limit(paced, rate=10, burst=1) == 0
+    bunched = [0.0] * 5 + [0.5 + i * 0.1 for i in range(5)]
+    assert rate.over_limit(bunched, rate=10, burst=3) == 2
