@@ -1,0 +1,644 @@
+"""Chaos: every fault and outcome at once, thousands of ids; lose and leak nothing.
+
+One run drives a batch through :class:`~replipoll.testing.FakeReplicate` with
+every fault class mixed in (429 with ``Retry-After``, 500, 502 HTML, 503 in
+CometAPI's envelope, 504, 524, resets, truncated JSON and bodies, HTML where
+JSON was expected, answers slower than the per-request timeout, and answers
+slower than "45 s" that the CometAPI timeout allows) and predictions of every
+outcome, then checks what the issue asks for: one result per id, successes
+kept, exhausted retries saying so, no request inside a ``Retry-After``, no
+more requests open than ``max_concurrency``, and after the manager exits no
+task, connection, unretrieved exception or warning left behind.
+
+Time is scaled: every real-world duration is divided by :data:`SCALE`, so the
+CometAPI preset's 120 s timeout becomes 2.4 s and "an answer slower than 45 s"
+becomes one slower than 0.9 s. ``bench/soak.py`` runs the same scenario at
+100,000 ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+import replipoll
+from replipoll import (
+    Client,
+    ClientClosedError,
+    ConnectError,
+    NotFoundError,
+    PollManager,
+    PollPolicy,
+    PollResult,
+    PollTimeout,
+    Prediction,
+    RequestError,
+    RetryPolicy,
+    Timeouts,
+)
+from replipoll._providers import PROVIDERS
+from replipoll.testing import FakeReplicate, Fault
+
+#: Real-world seconds per test second.
+SCALE = 50
+COMET = PROVIDERS["cometapi"].timeouts
+#: The CometAPI preset's timeouts, scaled (120 s -> 2.4 s).
+TIMEOUTS = Timeouts(
+    total=COMET.total / SCALE if COMET.total else None,
+    connect=COMET.connect / SCALE if COMET.connect else None,
+    read=COMET.read / SCALE if COMET.read else None,
+)
+#: CometAPI was seen not to answer within 45 s; scaled.
+FORTY_FIVE_SECONDS = 45 / SCALE
+#: A 60 s answer: slower than 45 s, well within the 120 s timeout.
+SLOW_WITHIN = 60 / SCALE
+#: A 150 s answer: slower than the per-request timeout.
+SLOW_BEYOND = 150 / SCALE
+#: The ``Retry-After`` chaos sends, and the grace for requests already on
+#: their way when it goes out. Client and server share one event loop, in
+#: debug mode, busy with dozens of requests: from the server producing a 429
+#: to the client reading it took up to ~70 ms here, and requests the client
+#: had started before that (aiohttp's request-start signal says so, see
+#: ``Watch.early_starts``) reached the server's handler up to ~150 ms after
+#: the pause began.
+RETRY_AFTER = 0.5
+EARLY_GRACE = 0.25
+
+PREFIX = "/replicate/v1"  # CometAPI's layout and error envelope
+UNDOCUMENTED = "expired_by_gateway"
+OUTCOMES = ("succeeded",) * 12 + ("failed",) * 3 + ("canceled",) * 2 + ("aborted",) * 2
+POLICY = PollPolicy(min_interval=0.15, age_factor=0.1, max_interval=0.4, jitter=0.2)
+RETRY = RetryPolicy(max_attempts=6, base_delay=0.05, max_delay=0.4, max_retry_after=5)
+#: Permanent faults: these ids exhaust their retries for sure.
+PERMANENT = (
+    Fault.server_error(),
+    Fault.unavailable_comet(),
+    Fault.truncated_json(),
+    Fault.cloudflare_timeout(),
+)
+
+
+def chaos_menu() -> list[Fault]:
+    """Every fault class; the cheap ones weighted up, the slow ones down."""
+    cheap = [
+        Fault.server_error(),
+        Fault.bad_gateway_html(),
+        Fault.unavailable_comet(),
+        Fault.gateway_timeout_empty(),
+        Fault.cloudflare_timeout(),
+        Fault.html_200(),
+        Fault.reset(),
+        Fault.truncated_json(),
+        Fault.truncated_body(),
+    ]
+    return [*cheap * 5, Fault.rate_limited(RETRY_AFTER), Fault.slow(SLOW_WITHIN)]
+
+
+@attrs.define
+class Scenario:
+    """What the server was scripted with, to check results against."""
+
+    ids: list[str]  # the main batch, as submitted (duplicates and bad ids too)
+    expected: dict[str, str]  # server-side outcome of every real id
+    undocumented: list[str]  # stuck in an undocumented status: need a deadline
+    permanent: set[str]  # every request fails
+    beyond: set[str]  # first answer slower than the per-request timeout
+    missing: set[str]
+    invalid: set[str]
+
+
+def build_scenario(
+    server: FakeReplicate, n: int, seed: int, probability: float = 0.2
+) -> Scenario:
+    """Script ``n`` ids of every outcome and arm every fault class."""
+    rng = random.Random(seed)
+    outcomes = [OUTCOMES[i % len(OUTCOMES)] for i in range(n)]
+    rng.shuffle(outcomes)
+    ids = server.add_predictions(
+        n,
+        lambda i: {
+            "queue": round(rng.uniform(0, 0.3), 3),
+            "duration": round(rng.uniform(0, 1.0), 3),
+            "outcome": outcomes[i],
+        },
+    )
+    expected = dict(zip(ids, outcomes, strict=True))
+    undocumented = server.add_predictions(max(4, n // 100), outcome=UNDOCUMENTED)
+    succeeded = [pid for pid in ids if expected[pid] == "succeeded"]
+    picked = rng.sample(succeeded, 2 * max(4, n // 400))
+    permanent, beyond = set(picked[::2]), set(picked[1::2])
+    for i, pid in enumerate(sorted(permanent)):
+        server.add_fault(PERMANENT[i % len(PERMANENT)], prediction_id=pid, times=None)
+    for pid in beyond:
+        server.add_fault(Fault.slow(SLOW_BEYOND), prediction_id=pid)
+    missing = {f"missing{i:04d}" for i in range(max(2, n // 500))}
+    invalid = {"../etc", "a b", "x" * 300}
+    server.set_chaos(probability, chaos_menu(), seed=seed)
+    batch = [*ids, *missing, *invalid, *ids[:5]]  # duplicates get one result each
+    rng.shuffle(batch)
+    return Scenario(batch, expected, undocumented, permanent, beyond, missing, invalid)
+
+
+@attrs.define
+class Watch:
+    """Client-side witnesses: requests open (aiohttp's view), loop errors.
+
+    ``early_starts`` counts requests aiohttp started while the client knew a
+    ``Retry-After`` was running (``budget`` paused): the exact client-side
+    twin of the server's ``early_requests``, with no grace needed.
+    """
+
+    open: int = 0
+    peak: int = 0
+    started: int = 0
+    ended: int = 0
+    timeouts: int = 0
+    early_starts: int = 0
+    budget: replipoll.RateBudget | None = None
+    loop_errors: list[dict[str, Any]] = attrs.Factory(list)
+
+    def trace(self) -> aiohttp.TraceConfig:
+        config = aiohttp.TraceConfig()
+        config.on_request_start.append(self._start)
+        config.on_request_end.append(self._end)
+        config.on_request_exception.append(self._failed)
+        return config
+
+    async def _start(self, *_: object) -> None:
+        if self.budget is not None and self.budget.is_paused(time.monotonic()):
+            self.early_starts += 1
+        self.started += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+
+    async def _end(self, *_: object) -> None:
+        self.ended += 1
+        self.open -= 1
+
+    async def _failed(
+        self, _: object, __: object, params: aiohttp.TraceRequestExceptionParams
+    ) -> None:
+        if isinstance(params.exception, TimeoutError):
+            self.timeouts += 1
+        await self._end()
+
+
+def other_tasks() -> set[asyncio.Task[Any]]:
+    """Tasks alive besides the current one and the fake server's handlers."""
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if t is not asyncio.current_task()
+        and not t.get_coro().__qualname__.startswith("RequestHandler.")  # type: ignore[union-attr]
+    }
+
+
+@contextlib.asynccontextmanager
+async def watched() -> AsyncIterator[Watch]:
+    """Debug mode on, loop errors recorded; on exit, none may have happened.
+
+    "Task exception was never retrieved", "Unclosed client session",
+    "Unclosed connector" and "Task was destroyed but it is pending" all reach
+    the loop's exception handler (the last three from ``__del__``, hence the
+    ``gc.collect()``).
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 1.0  # the loop is busy on purpose
+    watch = Watch()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: watch.loop_errors.append(context))
+    try:
+        yield watch
+        gc.collect()
+        await asyncio.sleep(0)  # run whatever __del__ scheduled
+    finally:
+        loop.set_exception_handler(previous)
+    assert watch.loop_errors == []
+
+
+@contextlib.asynccontextmanager
+async def borrowed_session(watch: Watch) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session whose connector we can inspect; closed, and checked, on exit."""
+    connector = aiohttp.TCPConnector(limit=100)
+    async with aiohttp.ClientSession(
+        connector=connector, trace_configs=[watch.trace()]
+    ) as session:
+        yield session
+        assert_no_connection_held(session.connector)
+    assert connector.closed
+
+
+def assert_no_connection_held(connector: aiohttp.BaseConnector | None) -> None:
+    # aiohttp has no public count of connections lent to requests; every
+    # request that ended must have given its connection back (or closed it).
+    acquired = connector._acquired  # type: ignore[union-attr]
+    assert not acquired, f"{len(acquired)} connections still held by requests"
+
+
+@attrs.define
+class ChaosRun:
+    """What one chaos run produced."""
+
+    scenario: Scenario
+    results: list[PollResult]
+    late: list[PollResult]  # the undocumented-status ids, in finishing order
+    stats: replipoll.PollStats
+    late_stats: replipoll.PollStats
+    max_concurrency: int
+    elapsed: float
+    client_repr: str
+
+
+async def run_chaos(
+    server: FakeReplicate,
+    n: int,
+    *,
+    seed: int,
+    watch: Watch,
+    api_key: str | None = None,
+    max_concurrency: int = 28,
+) -> ChaosRun:
+    """Poll a chaos scenario of ``n`` ids to the end; return everything seen.
+
+    Two managers share one client (one key, one budget): the main batch with
+    a generous deadline, and the ids stuck in an undocumented status with a
+    short one (a deadline from submission would otherwise have to outlast
+    the whole batch).
+    """
+    scenario = build_scenario(server, n, seed)
+    async with (
+        borrowed_session(watch) as session,
+        Client(
+            "cometapi",
+            base_url=server.base_url(PREFIX),
+            api_key=api_key or server.api_key,
+            timeouts=TIMEOUTS,
+            retry=RETRY,
+            session=session,
+        ) as client,
+    ):
+        watch.budget = client.budget
+        start = time.monotonic()
+        async with (
+            PollManager(
+                client,
+                max_concurrency=max_concurrency,
+                task_timeout=600,
+                policy=POLICY,
+            ) as main,
+            PollManager(
+                client, max_concurrency=4, task_timeout=1.5, policy=POLICY
+            ) as short,
+        ):
+            late_ids = scenario.undocumented
+
+            async def stuck() -> list[PollResult]:
+                return [r async for r in short.as_completed(late_ids)]
+
+            results, late = await asyncio.gather(main.poll_many(scenario.ids), stuck())
+            stats, late_stats = main.stats, short.stats
+        elapsed = time.monotonic() - start
+        # The managers are gone: nothing of theirs may be left running.
+        assert not other_tasks()
+        assert_no_connection_held(session.connector)
+        assert watch.open == 0
+        assert watch.started == watch.ended
+        return ChaosRun(
+            scenario,
+            results,
+            late,
+            stats,
+            late_stats,
+            max_concurrency + 4,
+            elapsed,
+            repr(client),
+        )
+
+
+def check_results(run: ChaosRun, retry: RetryPolicy = RETRY) -> Counter[str]:
+    """Every id has exactly one result, and it is the right one; return outcomes."""
+    s = run.scenario
+    assert [r.id for r in run.results] == s.ids  # one per submitted id, in order
+    assert Counter(r.id for r in run.late) == Counter(s.undocumented)
+    outcomes: Counter[str] = Counter()
+    exhausted = 0
+    for result in run.results:
+        pid, error = result.id, result.error
+        if pid in s.invalid:
+            assert isinstance(error, replipoll.InvalidPredictionIdError)
+            outcomes["invalid id"] += 1
+        elif pid in s.missing:
+            assert isinstance(error, NotFoundError), error
+            outcomes["not found"] += 1
+        elif error is None:
+            assert pid not in s.permanent
+            assert result.prediction is not None
+            assert result.prediction.id == pid
+            assert result.prediction.status == s.expected[pid]
+            outcomes[s.expected[pid]] += 1
+        else:
+            # Only exhausted retries may stop a prediction from being seen.
+            assert isinstance(error, RequestError), repr(error)
+            assert retry.is_retryable(error), repr(error)
+            assert error.attempts == retry.max_attempts, repr(error)
+            assert f"after {retry.max_attempts} attempts" in str(error)
+            outcomes["retries exhausted"] += 1
+            exhausted += pid not in s.permanent
+    assert outcomes["retries exhausted"] - exhausted == sum(
+        s.ids.count(pid) for pid in s.permanent
+    )
+    # At a 20% fault rate, six failures in a row are rare.
+    assert exhausted <= max(3, len(s.expected) // 200)
+    for result in run.late:
+        assert isinstance(result.error, PollTimeout)
+        if result.prediction is not None:
+            assert result.prediction.status == UNDOCUMENTED
+        outcomes[f"{UNDOCUMENTED} (deadline)"] += 1
+    return outcomes
+
+
+@pytest.mark.slow
+async def test_chaos_batch_loses_nothing_and_leaks_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """2,000+ ids, every fault and outcome at once: the issue's invariants hold."""
+    caplog.set_level(logging.WARNING, logger="replipoll")
+    async with (
+        watched() as watch,
+        FakeReplicate(
+            latency=0.005, early_grace=EARLY_GRACE, seed=7, request_log_size=0
+        ) as server,
+    ):
+        run = await run_chaos(server, 2000, seed=7, watch=watch)
+        outcomes = check_results(run)
+        stats = server.stats
+    assert outcomes["succeeded"] > 1000
+    assert {"failed", "canceled", "aborted", "not found"} <= set(outcomes)
+    # Every fault class was injected, and none broke the invariants.
+    kinds = {f.kind for f in chaos_menu()}
+    assert kinds <= set(stats.faults_injected)
+    # No request arrived while a Retry-After ran (beyond the in-flight grace).
+    assert stats.faults_injected["rate_limited"] > 0
+    assert watch.early_starts == 0
+    assert stats.early_requests == 0
+    # Never more requests open than workers: aiohttp's view and the manager's.
+    assert watch.peak <= run.max_concurrency
+    assert run.stats.peak_in_flight <= 28
+    assert run.late_stats.peak_in_flight <= 4
+    # Answers slower than the timeout were retried; answers slower than "45 s"
+    # but within the CometAPI timeout were waited for: the only timeouts are
+    # the ones scripted to exceed it.
+    slow_within = stats.faults_injected["slow"] - len(run.scenario.beyond)
+    assert slow_within > 0
+    assert watch.timeouts == len(run.scenario.beyond)
+
+
+# -- cancellation and shutdown, under chaos -----------------------------------
+
+#: Chaos without answers slower than the timeout: a request the client gave
+#: up on stays open on the server until it notices, so only without them does
+#: the server's own in-flight count bound the client exactly.
+CALM_MENU = [f for f in chaos_menu() if f.kind != "slow"]
+
+
+@contextlib.asynccontextmanager
+async def chaos_client(
+    watch: Watch, *, probability: float = 0.2, **server_options: Any
+) -> AsyncIterator[tuple[FakeReplicate, Client]]:
+    """A chaotic fake server and a client on a session we can inspect."""
+    options: dict[str, Any] = {"latency": 0.005, "early_grace": EARLY_GRACE}
+    async with (
+        FakeReplicate(seed=11, **(options | server_options)) as server,
+        borrowed_session(watch) as session,
+        Client(
+            "cometapi",
+            base_url=server.base_url(PREFIX),
+            api_key=server.api_key,
+            timeouts=TIMEOUTS,
+            retry=RETRY,
+            session=session,
+        ) as client,
+    ):
+        watch.budget = client.budget
+        server.set_chaos(probability, CALM_MENU, seed=11)
+        yield server, client
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait, generously, for ``condition`` to hold."""
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_raising_on_update_ends_only_its_id_under_chaos() -> None:
+    """Callbacks raising (or awaiting something cancelled) end their own id only.
+
+    Also: the server never sees more requests than ``max_concurrency``, and
+    none inside a ``Retry-After``.
+    """
+    boom: set[str] = set()
+    cancelled: set[str] = set()
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    gone.cancel()
+
+    async def on_update(prediction: Prediction) -> None:
+        if prediction.id in boom:
+            raise RuntimeError(f"callback broke on {prediction.id}")
+        if prediction.id in cancelled:
+            await gone  # raises CancelledError: not the worker's own
+        await asyncio.sleep(0)
+
+    async with watched() as watch, chaos_client(watch) as (server, client):
+        ids = server.add_predictions(
+            600, lambda i: {"duration": (i % 7) * 0.1, "queue": (i % 3) * 0.1}
+        )
+        boom.update(ids[::10])
+        cancelled.update(ids[5::10])
+        async with PollManager(
+            client, max_concurrency=12, policy=POLICY, on_update=on_update
+        ) as manager:
+            results = await manager.poll_many(ids)
+            assert manager.stats.peak_in_flight <= 12
+        assert not other_tasks()
+        stats = server.stats
+    assert [r.id for r in results] == ids
+    for result in results:
+        if isinstance(result.error, RequestError):  # retries truly exhausted
+            assert result.error.attempts == RETRY.max_attempts
+        elif result.id in boom:
+            assert isinstance(result.error, RuntimeError)
+            assert result.id in str(result.error)
+        elif result.id in cancelled:
+            assert isinstance(result.error, asyncio.CancelledError)
+        else:
+            assert result.succeeded, result
+    assert stats.peak_in_flight <= 12
+    assert stats.peak_in_flight >= 6  # requests did overlap
+    assert watch.peak <= 12
+    assert stats.faults_injected["rate_limited"] > 0
+    assert watch.early_starts == 0
+    assert stats.early_requests == 0
+
+
+async def test_cancelling_the_awaiting_task_mid_chaos_batch_leaves_nothing() -> None:
+    """The awaiting task gets CancelledError; no task or connection is left."""
+    async with watched() as watch, chaos_client(watch) as (server, client):
+        ids = server.add_predictions(800, duration=30)
+
+        async def batch() -> list[PollResult]:
+            async with PollManager(client, max_concurrency=16, policy=POLICY) as m:
+                return await m.poll_many(ids)
+
+        task = asyncio.create_task(batch())
+        await until(lambda: server.stats.total_requests >= 300)  # well into it
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not other_tasks()
+        assert_no_connection_held(client_connector(client))
+        assert watch.open == 0
+        # The client outlives the manager and still works.
+        assert (await client.get(ids[0])).status == "processing"
+
+
+def client_connector(client: Client) -> aiohttp.BaseConnector | None:
+    session = client._session  # the client's own: no public handle on it
+    assert session is not None
+    return session.connector
+
+
+async def test_closing_the_client_mid_chaos_batch_ends_every_id_clearly() -> None:
+    """Each id ends once: done before the close, or ClientClosedError after."""
+    async with watched(), FakeReplicate(latency=0.005, seed=5) as server:
+        server.set_chaos(0.2, CALM_MENU, seed=5)
+        ids = server.add_predictions(400, lambda i: {"duration": (i % 4) * 0.4})
+        client = Client(
+            "cometapi",
+            base_url=server.base_url(PREFIX),
+            api_key=server.api_key,
+            timeouts=TIMEOUTS,
+            retry=RETRY,
+        )  # owns its session: closing the client closes it
+        async with PollManager(client, max_concurrency=16, policy=POLICY) as manager:
+            batch = asyncio.create_task(manager.poll_many(ids))
+            await until(lambda: manager.stats.finished >= 50)
+            session = client._session
+            await client.close()
+            results = await asyncio.wait_for(batch, 30)
+        assert session is not None
+        assert session.closed
+        assert not other_tasks()
+    assert [r.id for r in results] == ids
+    kinds = Counter(type(r.error).__name__ for r in results)
+    assert kinds["NoneType"] >= 50
+    assert kinds["ClientClosedError"] > 100
+    for result in results:
+        if result.error is None:
+            assert result.prediction is not None
+            assert result.prediction.status == "succeeded"
+        else:
+            # In flight when the session closed: a connection error, retried
+            # (that retry meets the closed client) unless attempts ran out.
+            assert isinstance(result.error, ClientClosedError | ConnectError)
+
+
+async def test_task_timeout_fires_during_a_retry_sleep_under_faults() -> None:
+    """Ids stuck retrying end with PollTimeout at their deadline; others finish."""
+    async with watched() as watch, chaos_client(watch, probability=0) as (server, _):
+        good = server.add_predictions(100)
+        stuck = server.add_predictions(40)
+        permanent = [*PERMANENT, Fault.reset(), Fault.bad_gateway_html()]
+        for i, pid in enumerate(stuck):
+            server.add_fault(
+                permanent[i % len(permanent)], prediction_id=pid, times=None
+            )
+        async with (
+            borrowed_session(watch) as session,
+            Client(
+                base_url=server.base_url(),
+                api_key=server.api_key,
+                # Long backoff: a deadline of 1 s lands in a retry sleep.
+                retry=RetryPolicy(max_attempts=50, base_delay=5, max_delay=5),
+                session=session,
+            ) as client,
+        ):
+            async with PollManager(client, task_timeout=1.0) as manager:
+                start = time.monotonic()
+                results = await manager.poll_many(good + stuck)
+                elapsed = time.monotonic() - start
+            assert not other_tasks()
+            assert_no_connection_held(session.connector)
+    assert all(r.succeeded for r in results[:100])
+    for result in results[100:]:
+        assert isinstance(result.error, PollTimeout)
+        assert result.error.timeout == 1.0
+        assert result.prediction is None  # no good answer ever came
+    assert 1.0 <= elapsed < 3.0
+
+
+async def test_task_timeout_holds_while_a_retry_after_pauses_everything() -> None:
+    """A 3 s Retry-After, a 0.5 s deadline: ids end at 0.5 s, none sent early."""
+    async with (
+        watched() as watch,
+        chaos_client(watch, probability=0) as (server, client),
+    ):
+        ids = server.add_predictions(60, duration=60)
+        server.add_fault(Fault.rate_limited(3.0), prediction_id=ids[0])
+        async with PollManager(
+            client, max_concurrency=4, task_timeout=0.5, policy=POLICY
+        ) as manager:
+            start = time.monotonic()
+            results = await manager.poll_many(ids)
+            elapsed = time.monotonic() - start
+    assert all(isinstance(r.error, PollTimeout) for r in results)
+    assert elapsed < 2.0  # not the 3 s of the pause
+    assert server.stats.early_requests == 0
+    assert watch.early_starts == 0
+
+
+async def test_an_id_cancelled_and_resubmitted_mid_request_still_resolves() -> None:
+    """Local cancel while its request runs, submit again: the new poll ends."""
+    async with (
+        watched() as watch,
+        chaos_client(watch, probability=0, latency=0.2) as (server, client),
+    ):
+        pid = server.add_prediction(duration=0.3)
+        async with PollManager(client, policy=POLICY) as manager:
+            first = manager.submit(pid)
+            await asyncio.sleep(0.05)  # its first request is on the server
+            await manager.cancel(pid)
+            second = manager.submit(pid)
+            assert second is not first
+            prediction = await asyncio.wait_for(second, 5)
+            assert manager.stats.tracked == 0
+    assert first.cancelled()
+    assert prediction.status == "succeeded"
+
+
+async def test_a_submit_after_an_awaiter_gave_up_gets_a_live_future(
+    fake_replicate: FakeReplicate, client: Client
+) -> None:
+    """asyncio.wait_for cancels the shared future; the next submit is not doomed."""
+    pid = fake_replicate.add_prediction(duration=0.4)
+    async with PollManager(client, policy=POLICY) as manager:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(manager.submit(pid), 0.05)
+        again = manager.submit(pid)
+        assert not again.done()
+        assert (await again).status == "succeeded"
+        (result,) = await manager.poll_many([pid])
+    assert result.succeeded
