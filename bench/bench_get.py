@@ -4,9 +4,12 @@
 
 Each client fetches the same prediction ids, the same number of times, with
 the same number of requests in flight, from a fake server in another process.
-Each run is a fresh interpreter that warms up, then reads its own CPU time
-(user + system) around the measured GETs. Runs are repeated in rotating order;
-the figures are medians, and ratios are the median of per-round ratios.
+One interpreter holds all the clients, warms each up, then times batches of
+GETs with its own CPU clock (user + system), the clients taking turns in an
+order that rotates by cycle: the machine is shared and noisy, and a load
+spike then weighs on all clients alike instead of on whichever ran during it.
+That is repeated in fresh interpreters; figures are medians over all batches,
+and a ratio is the median of the per-cycle ratios.
 """
 
 from __future__ import annotations
@@ -66,17 +69,14 @@ async def drive(
             group.create_task(worker())
 
 
-async def measure(
-    variant: str, base_url: str, ids: list[str], count: int, concurrency: int
-) -> dict[str, Any]:
-    """Warm up, then time ``count`` GETs with one client; runs in a child."""
-    closers: list[Callable[[], Awaitable[object]]] = []
-    fetch: Callable[[str], Awaitable[object]]
+async def client(
+    variant: str, base_url: str
+) -> tuple[Callable[[str], Awaitable[object]], Callable[[], Awaitable[object]]]:
+    """A fetch function for ``variant``, and how to close it."""
     if variant == "floor":
         import aiohttp
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
-        closers.append(session.close)
         headers = {"Authorization": f"Bearer {API_KEY}", "Accept": "application/json"}
 
         async def fetch(pid: str) -> object:
@@ -85,81 +85,93 @@ async def measure(
                 response.raise_for_status()
                 return await response.json()
 
-    elif variant == "replipoll":
+        return fetch, session.close
+    if variant == "replipoll":
         import replipoll
 
-        client = replipoll.Client(base_url=base_url, api_key=API_KEY)
-        closers.append(client.close)
-        fetch = client.get
-    else:
-        import httpx
-        import replicate
+        ours = replipoll.Client(base_url=base_url, api_key=API_KEY)
+        return ours.get, ours.close
+    import httpx
+    import replicate
 
-        kwargs: dict[str, Any] = {}
-        if variant == "replicate-keepalive":
-            kwargs["limits"] = httpx.Limits(
-                max_connections=100, max_keepalive_connections=100
-            )
-        official = replicate.Client(  # type: ignore[attr-defined]
-            api_token=API_KEY, base_url=base_url.removesuffix("/v1"), **kwargs
+    kwargs: dict[str, Any] = {}
+    if variant == "replicate-keepalive":
+        kwargs["limits"] = httpx.Limits(
+            max_connections=100, max_keepalive_connections=100
         )
-        closers.append(official._async_client.aclose)
-        fetch = official.predictions.async_get
+    official = replicate.Client(  # type: ignore[attr-defined]
+        api_token=API_KEY, base_url=base_url.removesuffix("/v1"), **kwargs
+    )
+    return official.predictions.async_get, official._async_client.aclose
 
-    await drive(fetch, ids, max(concurrency * 4, count // 5), concurrency)
-    wall, start = time.perf_counter(), cpu()
-    await drive(fetch, ids, count, concurrency)
-    used, wall = cpu() - start, time.perf_counter() - wall
-    for close in closers:
+
+async def measure(
+    base_url: str, ids: list[str], batch: int, cycles: int, concurrency: int
+) -> dict[str, Any]:
+    """Time batches of GETs, the clients taking turns; runs in a child.
+
+    Each cycle runs one batch per client, in an order rotating by cycle, so
+    that whatever else the machine is doing weighs on all of them alike.
+    """
+    clients = {v: await client(v, base_url) for v in VARIANTS}
+    for fetch, _ in clients.values():  # warm up: connections, caches
+        await drive(fetch, ids, max(concurrency * 4, batch), concurrency)
+    cpu_us: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    rate: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for cycle in range(cycles):
+        shift = cycle % len(VARIANTS)
+        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+            fetch = clients[variant][0]
+            wall, start = time.perf_counter(), cpu()
+            await drive(fetch, ids, batch, concurrency)
+            used, wall = cpu() - start, time.perf_counter() - wall
+            cpu_us[variant].append(used / batch * 1e6)
+            rate[variant].append(batch / wall)
+    for _, close in clients.values():
         await close()
-    return {"variant": variant, "count": count, "cpu": used, "wall": wall}
+    return {"cpu_us": cpu_us, "rate": rate}
 
 
 def run(
     *, quick: bool = False, concurrency: int = 30, rounds: int | None = None
 ) -> dict[str, Any]:
-    """Run every variant ``rounds`` times; return per-variant figures and ratios."""
-    count = 300 if quick else 2000
-    rounds = rounds or (1 if quick else 5)
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    """Run every client in turns, in ``rounds`` fresh interpreters; figures."""
+    batch, cycles = (100, 2) if quick else (250, 10)
+    rounds = rounds or (1 if quick else 3)
+    cpu_us: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    rate: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with fake_server(static_script()) as server, ids_file(server.ids) as ids_path:
-        for r in range(rounds):
-            order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
-            for variant in order:
-                child = run_child(
-                    "bench_get.py",
-                    variant,
-                    server.base_url,
-                    ids_path,
-                    str(count),
-                    str(concurrency),
-                )
-                samples[variant].append(child["cpu"] / count * 1e6)
-                walls[variant].append(count / child["wall"])
-    floor = samples["floor"]
+        for _ in range(rounds):
+            args = (server.base_url, ids_path, str(batch), str(cycles))
+            child = run_child("bench_get.py", *args, str(concurrency))
+            for v in VARIANTS:
+                cpu_us[v] += child["cpu_us"][v]
+                rate[v] += child["rate"][v]
+    floor = cpu_us["floor"]
+
+    def ratio(a: list[float], b: list[float]) -> float:
+        return median([x / y for x, y in zip(a, b, strict=True)])
+
     figures = {
         v: {
             "label": LABELS[v],
-            "us_per_get": round(median(samples[v]), 1),
-            "us_per_get_min": round(min(samples[v]), 1),
-            "x_floor": round(
-                median([a / b for a, b in zip(samples[v], floor, strict=True)]), 2
-            ),
-            "gets_per_s": round(median(walls[v])),
-            "samples_us": [round(s, 1) for s in samples[v]],
+            "us_per_get": round(median(cpu_us[v]), 1),
+            "us_per_get_min": round(min(cpu_us[v]), 1),
+            "x_floor": round(ratio(cpu_us[v], floor), 2),
+            "gets_per_s": round(median(rate[v])),
+            "samples_us": [round(x, 1) for x in cpu_us[v]],
         }
         for v in VARIANTS
     }
-    leaner = [
-        a / b for a, b in zip(samples["replicate"], samples["replipoll"], strict=True)
-    ]
     return {
         "concurrency": concurrency,
-        "gets_per_run": count,
+        "gets_per_batch": batch,
+        "batches": cycles * rounds,
         "rounds": rounds,
         "variants": figures,
-        "official_over_replipoll": round(median(leaner), 1),
+        "official_over_replipoll": round(
+            ratio(cpu_us["replicate"], cpu_us["replipoll"]), 1
+        ),
     }
 
 
@@ -167,7 +179,7 @@ def report(result: dict[str, Any]) -> None:
     """Print the figures."""
     print(
         f"CPU per GET, concurrency {result['concurrency']}, "
-        f"{result['gets_per_run']} GETs x {result['rounds']} rounds"
+        f"{result['batches']} batches of {result['gets_per_batch']} GETs per client"
     )
     for figures in result["variants"].values():
         print(
@@ -179,7 +191,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    """Parse arguments; measure (as the parent) or run one variant (as a child)."""
+    """Parse arguments; measure (as the parent) or run the clients (as a child)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
     parser.add_argument("--concurrency", type=int, default=30)
@@ -187,9 +199,10 @@ def main() -> None:
     parser.add_argument("--child", nargs=5, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        variant, base_url, ids_path, count, concurrency = args.child
+        base_url, ids_path, batch, cycles, concurrency = args.child
         ids = Path(ids_path).read_text().split()
-        emit(asyncio.run(measure(variant, base_url, ids, int(count), int(concurrency))))
+        figures = measure(base_url, ids, int(batch), int(cycles), int(concurrency))
+        emit(asyncio.run(figures))
         return
     report(run(quick=args.quick, concurrency=args.concurrency, rounds=args.rounds))
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import linecache
 import time
 import tracemalloc
 from pathlib import Path
@@ -110,6 +111,9 @@ async def memory(n: int) -> dict[str, Any]:
             {
                 "where": f"{Path(s.traceback[0].filename).name}:"
                 f"{s.traceback[0].lineno}",
+                "code": linecache.getline(
+                    s.traceback[0].filename, s.traceback[0].lineno
+                ).strip(),
                 "bytes_per_id": round(s.size / n, 1),
             }
             for s in top

@@ -151,6 +151,7 @@ def schedules() -> dict[str, PollPolicy]:
     the proposed defaults (while they differ from the default)."""
     named = {
         OFFICIAL_NAME: OFFICIAL,
+        REFERENCE_NAME: PollPolicy.fixed(2.0),
         f"replipoll default {_params(PollPolicy())}": PollPolicy(),
     }
     if PollPolicy() != PREVIOUS:
@@ -161,6 +162,8 @@ def schedules() -> dict[str, PollPolicy]:
 
 
 OFFICIAL_NAME = "fixed 0.5 s (official client)"
+#: A slower fixed interval, to show what the adaptive shape adds to one.
+REFERENCE_NAME = "fixed 2 s (for comparison)"
 
 
 def _params(policy: PollPolicy) -> str:

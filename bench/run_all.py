@@ -8,8 +8,9 @@ The full run writes ``bench/results/latest.json``, ``docs/benchmarks.md`` and
 ``bench/results/quick.json``, ``quick.md`` and ``quick.png`` beside it (not
 the docs: its figures are too rough to publish), unless ``--docs``.
 ``--only get,schedule`` runs some of them: get, manager, scale, rate,
-schedule. ``--render bench/results/latest.json`` rewrites the page and the
-plot from saved figures, without measuring.
+schedule (in a full run, the others are kept from ``latest.json``).
+``--render bench/results/latest.json`` rewrites the page and the plot from
+saved figures, without measuring.
 """
 
 from __future__ import annotations
@@ -42,14 +43,35 @@ def run(names: list[str], *, quick: bool) -> dict[str, Any]:
         "commit": git_commit(),
         "machine": machine(),
     }
+    results["runs"] = {}
     start = time.perf_counter()
     for name in names:
         module = importlib.import_module(BENCHMARKS[name])
         began = time.perf_counter()
         results[name] = module.run(quick=quick)
         module.report(results[name])
-        print(f"  ({name}: {time.perf_counter() - began:.0f} s)\n", flush=True)
+        seconds = time.perf_counter() - began
+        results["runs"][name] = {
+            "commit": results["commit"],
+            "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "seconds": round(seconds, 1),
+        }
+        print(f"  ({name}: {seconds:.0f} s)\n", flush=True)
     results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def merge(saved: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """``fresh`` sections over those saved in ``saved`` (a partial rerun)."""
+    results: dict[str, Any] = json.loads(saved.read_text())
+    runs = results.setdefault("runs", {})
+    for name in BENCHMARKS:
+        if name in fresh:
+            results[name] = fresh[name]
+            runs[name] = fresh["runs"][name]
+    results["machine"] = fresh["machine"]
+    results["commit"] = fresh["commit"]
+    results["seconds"] = sum(run["seconds"] for run in runs.values())
     return results
 
 
@@ -106,6 +128,9 @@ def main() -> None:
         docs_too = True if args.docs is None else args.docs
     else:
         results = run(names, quick=args.quick)
+        saved = args.out / "latest.json"
+        if args.only and not args.quick and saved.exists():
+            results = merge(saved, results)  # keep the sections not rerun
     written = write(results, docs=docs_too, out=args.out, rendering=bool(args.render))
     for path in written:
         print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
