@@ -213,6 +213,10 @@ class PollManager:
         self._workers: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
+        # Deadlines run on a timer of their own, so that they pass on time
+        # whatever the workers are doing (all asleep in a Retry-After, say).
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._unknown_seen: set[str] = set()
@@ -250,9 +254,10 @@ class PollManager:
     async def close(self) -> None:
         """Stop polling: cancel and await every worker, cancel unfinished futures."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._deadline_timer = None
         workers, self._workers = self._workers, []
         for task in workers:
             task.cancel()
@@ -262,6 +267,7 @@ class PollManager:
         for track in tracks.values():
             track.future.cancel()
         self._heap.clear()
+        self._deadlines.clear()
 
     # -- public API ----------------------------------------------------------
 
@@ -298,6 +304,12 @@ class PollManager:
             pid, prediction_url(self.client.base_url, pid), future, now, deadline
         )
         self._tracks[pid] = track
+        if deadline < float("inf") and not self.cancel_on_timeout:
+            # (With cancel_on_timeout a worker ends the id: that takes a request.)
+            self._seq += 1
+            heapq.heappush(self._deadlines, (deadline, self._seq, pid))
+            if self._deadline_timer is None:
+                self._deadline_timer = self._loop.call_at(deadline, self._on_deadline)
         self._by_status["unknown"] += 1
         queue.put_nowait(pid)
         return future
@@ -310,9 +322,9 @@ class PollManager:
         leaves the poll, and every other waiter on the same id, untouched.
 
         Raises:
-            The exception that ended this id: :class:`~replipoll.PollTimeout`,
-            :class:`~replipoll.NotFoundError`, a ``RequestError`` whose
-            ``attempts`` says retries were exhausted, ...
+            PollTimeout: not terminal before the deadline.
+            RequestError: polling failed for good (not found, a bad key,
+                retries exhausted: ``attempts`` says how many).
         """
         return await asyncio.shield(self.submit(prediction_id))
 
@@ -434,6 +446,21 @@ class PollManager:
         if heap:
             self._arm(heap[0][0])
 
+    def _on_deadline(self) -> None:
+        assert self._loop is not None
+        assert self.task_timeout is not None
+        self._deadline_timer = None
+        now = self._loop.time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, _, pid = heapq.heappop(heap)
+            track = self._tracks.get(pid)
+            # A resubmitted id has a later deadline (or the very same one).
+            if track is not None and track.deadline == deadline:
+                self._fail(track, PollTimeout(pid, self.task_timeout, track.last))
+        if heap:
+            self._deadline_timer = self._loop.call_at(heap[0][0], self._on_deadline)
+
     # -- the workers ---------------------------------------------------------
 
     async def _work(self) -> None:
@@ -472,17 +499,11 @@ class PollManager:
         if loop.time() >= track.deadline:
             await self._time_out(track)
             return
-        now = time.monotonic()
-        if self.budget.is_paused(now):
-            # A Retry-After is running: wait for it on the heap, not in this
-            # worker. Workers asleep in a pause of up to max_retry_after
-            # would hold every id, and its deadline, until the pause ended.
-            pause = self.budget.paused_until - now
-            self._budget_wait += min(pause, max(track.deadline - loop.time(), 0.0))
-            self._schedule(track, loop.time() + pause)
-            return
-        delay = self.budget.reserve(now)
+        delay = self.budget.reserve(time.monotonic())
         if delay > 0:
+            # A Retry-After pause or a rate-limit slot: wait here, but not
+            # past the id's deadline (ids still queued meanwhile end on time
+            # through _on_deadline).
             deadline = track.deadline if track.deadline < float("inf") else None
             try:
                 async with asyncio.timeout_at(deadline):
@@ -490,6 +511,8 @@ class PollManager:
             except TimeoutError:
                 await self._time_out(track)
                 return
+            if not self._is_current(track):
+                return  # ended (or cancelled) while waiting
         self._requests += 1
         self._in_flight += 1
         if self._in_flight > self._peak:

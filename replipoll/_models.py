@@ -102,7 +102,7 @@ class Prediction:
     #: ``"hidden"`` on the gateways.
     version: str | None = None
     input: Mapping[str, Any] | None = attrs.field(default=None, repr=False)
-    #: The result, as any JSON value: a URL, a list of URLs, text, or objects.
+    #: The result, which may be any JSON value (a URL, a list of URLs, text...).
     output: Any = attrs.field(default=None, repr=False)
     logs: str | None = attrs.field(default=None, repr=False)
     error: str | None = None
