@@ -169,12 +169,24 @@ def machine() -> dict[str, Any]:
     return {
         "cpu_model": model,
         "nproc": os.cpu_count(),
+        "l2_cache_bytes": _l2_cache_bytes(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "os": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "versions": versions,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def _l2_cache_bytes() -> int | None:
+    """The size of one core's L2 cache (Linux sysfs), or None if unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 2**10, "M": 2**20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    return None
 
 
 def git_commit() -> str | None:

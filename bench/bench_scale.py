@@ -158,13 +158,16 @@ async def steady(
 def run(*, quick: bool = False, real: bool | None = None) -> dict[str, Any]:
     """Memory at each size; CPU per request vs size, stub and (full) real."""
     sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    # More sizes for the manager alone: where its cost steps up says whether
+    # it is an algorithm (steadily, with log N) or the caches (once).
+    stub_sizes = sizes if quick else (1_000, 3_000, 10_000, 30_000, 100_000)
     real = not quick if real is None else real
     mem = [run_child("bench_scale.py", "memory", str(n)) for n in sizes]
     stub_rate, stub_window = 5_000.0, 1.0 if quick else 5.0
     rounds = 1 if quick else 3
-    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in stub_sizes}
     for _ in range(rounds):
-        for n in sizes:
+        for n in stub_sizes:
             args = ("steady", str(n), str(stub_rate), str(stub_window))
             runs[n].append(run_child("bench_scale.py", *args))
     stub = [
@@ -174,7 +177,7 @@ def run(*, quick: bool = False, real: bool | None = None) -> dict[str, Any]:
             "us_per_request": median([r["us_per_request"] for r in runs[n]]),
             "samples_us": [round(r["us_per_request"], 1) for r in runs[n]],
         }
-        for n in sizes
+        for n in stub_sizes
     ]
     result: dict[str, Any] = {
         "memory": mem,
