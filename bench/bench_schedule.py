@@ -36,10 +36,12 @@ from replipoll import PollPolicy
 
 #: The official client's schedule: every 0.5 s (``REPLICATE_POLL_INTERVAL``).
 OFFICIAL = PollPolicy.fixed(0.5)
-#: replipoll 0.1.0's defaults, kept to show what changed if they change.
+#: replipoll 0.1.0's first defaults, kept to show what changed: they spend
+#: half the official client's requests, missing the target of a third.
 PREVIOUS = PollPolicy(min_interval=0.5, age_factor=0.15, max_interval=2.0)
-#: The defaults this benchmark proposes (see ``search``): every 1.5 s for the
-#: first 15 s, then 10% of the age, up to every 3 s from 30 s on.
+#: The defaults this benchmark proposed (see ``search``), replipoll's defaults
+#: since: every 1.5 s for the first 15 s, then 10% of the age, up to every 3 s
+#: from 30 s on. Shown apart only while they differ from ``PollPolicy()``.
 PROPOSED = PollPolicy(min_interval=1.5, age_factor=0.1, max_interval=3.0)
 
 
@@ -147,8 +149,8 @@ def scaled(policy: PollPolicy, scale: float) -> PollPolicy:
 
 
 def schedules() -> dict[str, PollPolicy]:
-    """The schedules compared: the official client's, replipoll's default, and
-    the proposed defaults (while they differ from the default)."""
+    """The schedules compared: the official client's, a fixed 2 s, replipoll's
+    default, and (while they differ from it) the previous and proposed ones."""
     named = {
         OFFICIAL_NAME: OFFICIAL,
         REFERENCE_NAME: PollPolicy.fixed(2.0),
@@ -177,13 +179,16 @@ def frontier(durations: Sequence[float]) -> dict[str, list[dict[str, float]]]:
     """Requests vs mean delay as each kind of schedule is made faster or slower.
 
     Fixed intervals from 0.25 s to 4 s; the adaptive shapes (the default's,
-    the proposed one's) with both intervals scaled, age_factor kept.
+    and the previous and proposed ones' while they differ from it) with both
+    intervals scaled, age_factor kept.
     """
     curves: dict[str, list[dict[str, float]]] = {"fixed interval": []}
     for interval in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0):
         figures = simulate(PollPolicy.fixed(interval), durations)
         curves["fixed interval"].append(_point(interval, figures))
     shapes = {f"shape of the default {_params(PollPolicy())}": PollPolicy()}
+    if PollPolicy() != PREVIOUS:
+        shapes[f"shape of the 0.1.0 default {_params(PREVIOUS)}"] = PREVIOUS
     if PollPolicy() != PROPOSED:
         shapes[f"shape of the proposed {_params(PROPOSED)}"] = PROPOSED
     for label, shape in shapes.items():
