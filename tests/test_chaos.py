@@ -55,7 +55,9 @@ COMET = PROVIDERS["cometapi"].timeouts
 #: The CometAPI preset's timeouts, scaled (120 s -> 2.4 s).
 TIMEOUTS = Timeouts(
     total=COMET.total / SCALE if COMET.total else None,
-    connect=COMET.connect / SCALE if COMET.connect else None,
+    # Not scaled: a loopback connect has nothing to scale, and a 0.2 s limit
+    # would time event-loop stalls (a garbage collection), not the network.
+    connect=1.0,
     read=COMET.read / SCALE if COMET.read else None,
 )
 #: CometAPI was seen not to answer within 45 s; scaled.
