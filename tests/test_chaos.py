@@ -375,6 +375,12 @@ async def test_chaos_batch_loses_nothing_and_leaks_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """2,000+ ids, every fault and outcome at once: the issue's invariants hold."""
+    # The preset waits out CometAPI's slow answers (> 45 s), and the scaled
+    # slow faults fall on either side of its (scaled) timeout.
+    assert COMET.total is not None
+    assert COMET.total > 45
+    assert TIMEOUTS.total is not None
+    assert FORTY_FIVE_SECONDS < SLOW_WITHIN < TIMEOUTS.total < SLOW_BEYOND
     caplog.set_level(logging.WARNING, logger="replipoll")
     async with (
         watched() as watch,
