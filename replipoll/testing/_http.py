@@ -317,8 +317,14 @@ async def _truncate(
     headers["X-Request-Id"] = REQUEST_ID.get()  # sent before the middleware sees it
     partial = web.StreamResponse(status=normal.status, headers=headers)
     partial.content_length = len(body)
-    await partial.prepare(request)
-    await partial.write(cut)
+    try:
+        await partial.prepare(request)
+        await partial.write(cut)
+    except ConnectionResetError:
+        # The client hung up first (its timeout passed): nobody to cut off,
+        # and nothing for aiohttp to log as an error.
+        _close(request)
+        return web.Response()  # aiohttp quietly fails to send it
     _close(request)
     return partial
 
