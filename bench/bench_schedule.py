@@ -36,7 +36,7 @@ from replipoll import PollPolicy
 
 #: The official client's schedule: every 0.5 s (``REPLICATE_POLL_INTERVAL``).
 OFFICIAL = PollPolicy.fixed(0.5)
-#: replipoll 0.1.0's first defaults, kept to show what changed: they spend
+#: replipoll's first defaults, kept to show what changed: they spend
 #: half the official client's requests, missing the target of a third.
 PREVIOUS = PollPolicy(min_interval=0.5, age_factor=0.15, max_interval=2.0)
 #: The defaults this benchmark proposed (see ``search``), replipoll's defaults
@@ -157,7 +157,7 @@ def schedules() -> dict[str, PollPolicy]:
         f"replipoll default {_params(PollPolicy())}": PollPolicy(),
     }
     if PollPolicy() != PREVIOUS:
-        named[f"replipoll 0.1.0 default {_params(PREVIOUS)}"] = PREVIOUS
+        named[f"previous default {_params(PREVIOUS)}"] = PREVIOUS
     if PollPolicy() != PROPOSED:
         named[f"proposed default {_params(PROPOSED)}"] = PROPOSED
     return named
@@ -188,7 +188,7 @@ def frontier(durations: Sequence[float]) -> dict[str, list[dict[str, float]]]:
         curves["fixed interval"].append(_point(interval, figures))
     shapes = {f"shape of the default {_params(PollPolicy())}": PollPolicy()}
     if PollPolicy() != PREVIOUS:
-        shapes[f"shape of the 0.1.0 default {_params(PREVIOUS)}"] = PREVIOUS
+        shapes[f"shape of the previous default {_params(PREVIOUS)}"] = PREVIOUS
     if PollPolicy() != PROPOSED:
         shapes[f"shape of the proposed {_params(PROPOSED)}"] = PROPOSED
     for label, shape in shapes.items():

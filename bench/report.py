@@ -606,12 +606,12 @@ def _schedule_findings(sim: dict[str, Any]) -> str:
 
     official_name = next(n for n in sim["schedules"] if n.startswith("fixed 0.5"))
     default_name, default = find("replipoll default") or ("", {})
-    previous, proposed = find("replipoll 0.1.0 default"), find("proposed default")
+    previous, proposed = find("previous default"), find("proposed default")
     paragraphs = []
     if previous is not None:
         prev = previous[1]
         paragraphs.append(f"""**Schedule.** replipoll's first defaults
-(`min_interval=0.5`, `age_factor=0.15`, `max_interval=2`: "0.1.0 default" in
+(`min_interval=0.5`, `age_factor=0.15`, `max_interval=2`: "previous default" in
 the tables) spend {prev["requests_ratio"]:.2f}× the official client's
 requests at {prev["mean_delay"]:.2f} s mean delay: the target of ⅓ at ≤ 1 s
 is {_yes(_meets(prev))}. Polling every half second for the first seconds is
