@@ -19,8 +19,9 @@ timeout is 2.4 s, "slower than 45 s" is 1.2 s.
 It runs in asyncio debug mode with warnings as errors, and prints one block
 of figures; the exit status is 1 if any invariant failed: an id lost or
 duplicated, a success not kept without exhausted retries, a request sent
-inside a ``Retry-After``, more requests open than ``max_concurrency``, or a
-task, connection, unretrieved exception or warning left behind.
+inside a ``Retry-After``, more requests open than ``max_concurrency``, a
+task, connection, unretrieved exception or warning left behind, or anything
+logged at ``ERROR`` (by replipoll, aiohttp or the fake server).
 """
 
 from __future__ import annotations
@@ -140,6 +141,17 @@ class Watch:
             self.timeouts += 1
             self.timeout_kinds[type(params.exception).__name__] += 1
         await self._end()
+
+
+class ErrorLog(logging.Handler):
+    """Keeps every record logged at ERROR or above, from any logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
 
 
 def freeze() -> None:
@@ -401,9 +413,15 @@ def main() -> int:
     unraisable: list[str] = []
     sys.unraisablehook = lambda u: unraisable.append(f"{u.exc_value!r} in {u.object!r}")
     logging.basicConfig(level=logging.ERROR)  # retries are WARNING: not shown
+    errors = ErrorLog()
+    logging.getLogger().addHandler(errors)
     debug = not args.no_debug
     figures = asyncio.run(soak(args.ids, args.seed), debug=debug)
     failed = report(figures, debug=debug, seed=args.seed)
+    print(f"  error log lines      {len(errors.lines)}")
+    if errors.lines:
+        failed.append("error log lines")
+        print("    " + "\n    ".join(errors.lines[:10]))
     print(f"  unraisable           {len(unraisable)}")
     if unraisable:
         failed.append("unraisable")
