@@ -51,7 +51,7 @@ from replipoll import (
     Timeouts,
 )
 from replipoll._providers import PROVIDERS
-from replipoll.testing import FakeReplicate, Fault
+from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault
 
 SCALE = 50
 COMET = PROVIDERS["cometapi"].timeouts
@@ -90,19 +90,12 @@ def menu(n: int) -> list[Fault]:
     100,000-id run would spend minutes paused, so cheap faults are weighted
     up with the size (the mix of classes stays the same).
     """
-    cheap = [
-        Fault.server_error(),
-        Fault.bad_gateway_html(),
-        Fault.unavailable_comet(),
-        Fault.gateway_timeout_empty(),
-        Fault.cloudflare_timeout(),
-        Fault.html_200(),
-        Fault.reset(),
-        Fault.truncated_json(),
-        Fault.truncated_body(),
-    ]
     weight = max(5, n // 5000)
-    return [*cheap * weight, Fault.rate_limited(RETRY_AFTER), Fault.slow(SLOW_WITHIN)]
+    return [
+        *ANSWER_FAULTS * weight,
+        Fault.rate_limited(RETRY_AFTER),
+        Fault.slow(SLOW_WITHIN),
+    ]
 
 
 class Watch:

@@ -47,7 +47,7 @@ from replipoll import (
     Timeouts,
 )
 from replipoll._providers import PROVIDERS
-from replipoll.testing import FakeReplicate, Fault
+from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault
 
 #: Real-world seconds per test second.
 SCALE = 50
@@ -92,18 +92,11 @@ PERMANENT = (
 
 def chaos_menu() -> list[Fault]:
     """Every fault class; the cheap ones weighted up, the slow ones down."""
-    cheap = [
-        Fault.server_error(),
-        Fault.bad_gateway_html(),
-        Fault.unavailable_comet(),
-        Fault.gateway_timeout_empty(),
-        Fault.cloudflare_timeout(),
-        Fault.html_200(),
-        Fault.reset(),
-        Fault.truncated_json(),
-        Fault.truncated_body(),
+    return [
+        *ANSWER_FAULTS * 5,
+        Fault.rate_limited(RETRY_AFTER),
+        Fault.slow(SLOW_WITHIN),
     ]
-    return [*cheap * 5, Fault.rate_limited(RETRY_AFTER), Fault.slow(SLOW_WITHIN)]
 
 
 @attrs.define

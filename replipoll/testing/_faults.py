@@ -195,10 +195,9 @@ class Fault:
         return cls("slow", delay=seconds)
 
 
-#: What :meth:`FakeReplicate.set_chaos` draws from by default: every kind,
-#: with pauses short enough for tests.
-CHAOS_FAULTS: Final = (
-    Fault.rate_limited(0.05),
+#: Every fault that spoils one answer without pausing or delaying anything:
+#: the building blocks of a chaos mix.
+ANSWER_FAULTS: Final = (
     Fault.server_error(),
     Fault.bad_gateway_html(),
     Fault.unavailable_comet(),
@@ -208,8 +207,11 @@ CHAOS_FAULTS: Final = (
     Fault.reset(),
     Fault.truncated_json(),
     Fault.truncated_body(),
-    Fault.slow(0.05),
 )
+
+#: What :meth:`FakeReplicate.set_chaos` draws from by default: every kind,
+#: with pauses short enough for tests.
+CHAOS_FAULTS: Final = (Fault.rate_limited(0.05), *ANSWER_FAULTS, Fault.slow(0.05))
 
 
 @attrs.define
