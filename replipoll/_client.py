@@ -287,9 +287,8 @@ class Client:
             RequestError: a subclass saying what failed; ``attempts`` is 1.
         """
         budget = self.budget if budget is None else budget
-        delay = budget.reserve(time.monotonic())
-        if delay > 0:  # no await at all when a slot is free
-            await wait_for_slot(budget, delay)
+        if not budget.try_acquire(time.monotonic()):  # no await when a slot is free
+            await budget.acquire()
         return await self.send(method, url, budget)
 
     async def send(self, method: str, url: str, budget: RateBudget) -> Prediction:
@@ -369,20 +368,6 @@ class Client:
         if error.request_id is not None and key in error.request_id:
             error.request_id = error.request_id.replace(key, "<redacted>")
         return error
-
-
-async def wait_for_slot(budget: RateBudget, delay: float) -> float:
-    """Wait ``delay`` seconds for a slot already booked in ``budget``.
-
-    If a pause began meanwhile, book again after it. Return the seconds waited.
-    """
-    start = now = time.monotonic()
-    while delay > 0:
-        await asyncio.sleep(delay)
-        now = time.monotonic()
-        # A pause may have begun while this slot was waiting: book again.
-        delay = budget.reserve(now) if budget.is_paused(now) else 0.0
-    return now - start
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ import functools
 import heapq
 import inspect
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -25,7 +26,7 @@ from typing import Final, Self
 
 import attrs
 
-from ._client import Client, wait_for_slot
+from ._client import Client
 from ._errors import PollTimeout, RateLimitedError, RequestError
 from ._models import Prediction
 from ._sansio import prediction_url, validate_prediction_id
@@ -162,6 +163,11 @@ class PollManager:
             changed. It runs in a worker, so keep it short. If it raises,
             that id ends with the callback's exception.
         cancel_on_timeout: Also ``POST .../cancel`` an id whose deadline passed.
+        coalesce: Seconds. Polls falling due within the same window of this
+            length go out together, so the event loop wakes up once for
+            many of them: about a sixth less CPU per request at a thousand
+            requests a second (see :doc:`/benchmarks`). A poll goes at most
+            this much later than the policy says; ``0`` turns it off.
 
     Use it as ``async with``; on exit every poll still running is cancelled
     and awaited, and the futures of unfinished ids are cancelled.
@@ -192,9 +198,12 @@ class PollManager:
         policy: PollPolicy | None = None,
         on_update: UpdateCallback | None = None,
         cancel_on_timeout: bool = False,
+        coalesce: float = 0.05,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if not coalesce >= 0:
+            raise ValueError("coalesce must be zero or a positive number of seconds")
         if task_timeout is not None and not task_timeout > 0:
             raise ValueError("task_timeout must be positive or None")
         self.client = client
@@ -206,6 +215,7 @@ class PollManager:
         self.policy = policy if policy is not None else PollPolicy()
         self.on_update = on_update
         self.cancel_on_timeout = cancel_on_timeout
+        self.coalesce = coalesce
         self._tracks: dict[str, _Track] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -417,6 +427,10 @@ class PollManager:
         return PollResult(pid, last, error)
 
     def _schedule(self, track: _Track, due: float) -> None:
+        if self.coalesce:
+            # Round up onto the grid: ids due in the same window share a
+            # wake-up of the timer, and their requests leave together.
+            due = math.ceil(due / self.coalesce) * self.coalesce
         due = min(due, track.deadline)
         track.due = due
         self._seq += 1
@@ -499,15 +513,15 @@ class PollManager:
         if loop.time() >= track.deadline:
             await self._time_out(track)
             return
-        delay = self.budget.reserve(time.monotonic())
-        if delay > 0:
+        budget = self.budget
+        if not budget.try_acquire(time.monotonic()):
             # A Retry-After pause or a rate-limit slot: wait here, but not
             # past the id's deadline (ids still queued meanwhile end on time
             # through _on_deadline).
             deadline = track.deadline if track.deadline < float("inf") else None
             try:
                 async with asyncio.timeout_at(deadline):
-                    self._budget_wait += await wait_for_slot(self.budget, delay)
+                    self._budget_wait += await budget.acquire()
             except TimeoutError:
                 await self._time_out(track)
                 return

@@ -4,13 +4,17 @@
 it has been tracked. :class:`RateBudget` is the request budget shared by every
 request of a :class:`~replipoll.PollManager`: a token bucket in its GCRA form
 (one number, the theoretical arrival time), paused whole by a ``Retry-After``.
-Neither reads a clock: callers pass ``now``.
+Neither reads a clock (callers pass ``now``), except :meth:`RateBudget.acquire`,
+the one place that waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
+import time
+from collections import deque
 
 import attrs
 
@@ -76,20 +80,26 @@ _rng = random.Random()
 class RateBudget:
     """A shared request budget: ``rate`` requests per second, bursts of ``burst``.
 
-    :meth:`reserve` books the next free slot and says how long to wait for it.
-    :meth:`pause_until` stops the whole budget until a time (a ``Retry-After``):
-    no slot is handed out before then, whoever asks.
+    A slot is taken when a request goes, never booked ahead: whatever delays
+    a request between its turn and its send (an event loop busy elsewhere),
+    the requests that actually leave conform to the limit. :meth:`acquire`
+    waits for a slot, first come first served; :meth:`try_acquire` takes one
+    only if it is free now and nobody is waiting. :meth:`pause_until` stops
+    the whole budget until a time (a ``Retry-After``): no slot is handed out
+    before then, whoever asks.
 
     Args:
         rate: Requests per second, or ``None`` for no limit (pauses still apply).
         burst: Requests that may go at once after a quiet spell.
 
     Example:
-        >>> budget = RateBudget(rate=10, burst=1)
-        >>> [round(budget.reserve(now=0.0), 3) for _ in range(3)]
-        [0.0, 0.1, 0.2]
+        >>> budget = RateBudget(rate=10, burst=2)
+        >>> [budget.try_acquire(now=0.0) for _ in range(3)]
+        [True, True, False]
+        >>> round(budget.next_free(now=0.0), 3)
+        0.1
         >>> budget.pause_until(5.0)
-        >>> budget.reserve(now=1.0)
+        >>> budget.next_free(now=1.0)
         4.0
     """
 
@@ -97,6 +107,15 @@ class RateBudget:
     burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     _tat: float = attrs.field(default=-math.inf, init=False)
     _paused_until: float = attrs.field(default=-math.inf, init=False)
+    _waiters: deque[asyncio.Future[None]] = attrs.field(
+        factory=deque, init=False, repr=False, eq=False
+    )
+    _timer: asyncio.TimerHandle | None = attrs.field(
+        default=None, init=False, repr=False, eq=False
+    )
+    _timer_loop: asyncio.AbstractEventLoop | None = attrs.field(
+        default=None, init=False, repr=False, eq=False
+    )
 
     @rate.validator
     def _check_rate(
@@ -110,19 +129,57 @@ class RateBudget:
         """The time before which no request may go (``-inf`` if none)."""
         return self._paused_until
 
-    def reserve(self, now: float) -> float:
-        """Book a slot for one request; return the seconds to wait for it (>= 0)."""
-        start = now if now >= self._paused_until else self._paused_until
-        if self.rate is None:
-            return start - now
-        interval = 1.0 / self.rate
-        earliest = self._tat - (self.burst - 1) * interval
-        send_at = start if start >= earliest else earliest
-        self._tat = (send_at if send_at > self._tat else self._tat) + interval
-        return send_at - now
+    @property
+    def waiting(self) -> int:
+        """Requests waiting in :meth:`acquire` for their turn."""
+        return sum(not waiter.done() for waiter in self._waiters)
+
+    def next_free(self, now: float) -> float:
+        """Seconds from ``now`` until a slot is free (0.0: one is free now).
+
+        Requests already waiting in :meth:`acquire` are not counted.
+        """
+        wait = self._paused_until - now
+        if self.rate is not None:
+            # GCRA: a request conforms once now >= TAT - (burst - 1) * T.
+            earliest = self._tat - (self.burst - 1) / self.rate
+            wait = max(wait, earliest - now)
+        # (Sums of 1/rate drift by ulps: a nanosecond is as good as now.)
+        return wait if wait > 1e-9 else 0.0
+
+    def try_acquire(self, now: float) -> bool:
+        """Take a slot for a request sent at ``now``, if one is free and nobody waits.
+
+        Returns False, and takes nothing, otherwise: then :meth:`acquire`.
+        """
+        if self._waiters or self.next_free(now) > 0.0:
+            return False
+        self._take(now)
+        return True
+
+    async def acquire(self) -> float:
+        """Wait for a slot, in arrival order; return the seconds waited.
+
+        Reads :func:`time.monotonic`, the clock of asyncio's event loops. One
+        timer serves all waiters: when it fires, each waiter at the head whose
+        slot is free *then* is let go, so requests delayed by a busy event loop
+        are spread out again rather than sent together. Cancelling the wait
+        gives its turn up.
+        """
+        start = time.monotonic()
+        if self.try_acquire(start):
+            return 0.0
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        if self._timer is None or self._timer_loop is not loop:
+            # (A timer of another, finished event loop would never fire.)
+            self._arm(loop, self.next_free(start))
+        await waiter
+        return time.monotonic() - start
 
     def pause_until(self, when: float) -> None:
-        """Hand out no slot before ``when``; slots already booked must re-check."""
+        """Hand out no slot before ``when``; waiters already queued wait too."""
         if when > self._paused_until:
             self._paused_until = when
         if self.rate is not None and when > self._tat:
@@ -132,3 +189,30 @@ class RateBudget:
     def is_paused(self, now: float) -> bool:
         """Whether a pause is still running at ``now``."""
         return now < self._paused_until
+
+    def _take(self, now: float) -> None:
+        if self.rate is not None:
+            self._tat = (now if now > self._tat else self._tat) + 1.0 / self.rate
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_loop = loop
+        self._timer = loop.call_later(delay, self._release)
+
+    def _release(self) -> None:
+        """Let go every waiter at the head whose slot is free now."""
+        self._timer = None
+        waiters = self._waiters
+        now = time.monotonic()
+        while waiters:
+            if waiters[0].done():  # its wait was cancelled
+                waiters.popleft()
+                continue
+            wait = self.next_free(now)
+            if wait > 0.0:
+                assert self._timer_loop is not None
+                self._arm(self._timer_loop, wait)
+                return
+            self._take(now)
+            waiters.popleft().set_result(None)

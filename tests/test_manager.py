@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter
@@ -413,6 +414,8 @@ async def test_wait_and_manager_reject_nonsense_options(client: Client) -> None:
         PollManager(client, max_concurrency=0)
     with pytest.raises(ValueError, match="task_timeout"):
         PollManager(client, task_timeout=0)
+    with pytest.raises(ValueError, match="coalesce"):
+        PollManager(client, coalesce=-0.1)
 
 
 async def test_wait_survives_one_waiter_giving_up(
@@ -439,3 +442,69 @@ async def test_local_cancel_removes_the_id_from_the_status_counts(
         assert manager.stats.by_status == {"processing": 1}
         await manager.cancel(pid)
         assert manager.stats.by_status == {}
+
+
+async def second_polls(server: FakeReplicate, coalesce: float) -> list[float]:
+    """Submit ten ids 15 ms apart; return when each one's second poll arrived."""
+    ids = server.add_predictions(10, duration=5.0)
+    policy = PollPolicy.fixed(0.3)
+    async with (
+        Client(base_url=server.base_url(), api_key=server.api_key) as client,
+        PollManager(client, policy=policy, coalesce=coalesce) as manager,
+    ):
+        for pid in ids:
+            manager.submit(pid)
+            await asyncio.sleep(0.015)
+        await asyncio.sleep(0.75)
+    polls: dict[str, list[float]] = {}
+    for record in server.stats.request_log:
+        polls.setdefault(record.path.rsplit("/", 1)[-1], []).append(record.time)
+    # Never earlier than the policy says, coalescing or not.
+    assert all(b - a >= 0.3 * 0.95 for a, b in (polls[pid][:2] for pid in ids))
+    return sorted(polls[pid][1] for pid in ids)
+
+
+def bunches(times: list[float], within: float = 0.01) -> int:
+    """How many groups of moments no more than ``within`` apart."""
+    return 1 + sum(b - a > within for a, b in itertools.pairwise(times))
+
+
+async def test_polls_due_in_one_window_go_out_together() -> None:
+    async with FakeReplicate() as server:
+        # Ten polls due over 150 ms: on a 200 ms grid, one or two wake-ups.
+        assert bunches(await second_polls(server, coalesce=0.2)) <= 2
+    async with FakeReplicate() as server:
+        assert bunches(await second_polls(server, coalesce=0)) >= 8
+
+
+async def test_coalescing_never_pushes_a_poll_past_its_deadline(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=10.0)
+    async with PollManager(
+        client, policy=PollPolicy.fixed(0.1), coalesce=5.0, task_timeout=0.4
+    ) as manager:
+        start = time.monotonic()
+        with pytest.raises(PollTimeout):
+            await manager.submit(pid)
+    assert time.monotonic() - start < 1.0
+
+
+async def test_a_stalled_loop_does_not_bunch_budgeted_requests(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    # Every worker is waiting for the budget when the loop stalls; after it,
+    # requests go out one slot apart, not all of them at once.
+    ids = fake_replicate.add_predictions(12, duration=0.0)
+    rate = 40.0
+    async with PollManager(
+        client, rate_limit=rate, burst=1, max_concurrency=12
+    ) as manager:
+        batch = asyncio.ensure_future(manager.poll_many(ids))
+        await asyncio.sleep(0.03)
+        time.sleep(0.2)  # noqa: ASYNC251 (the stall under test)
+        results = await batch
+    assert all(r.ok for r in results)
+    times = sorted(r.time for r in fake_replicate.stats.request_log)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert sorted(gaps)[1] >= 1 / rate * 0.8, gaps  # (loopback jitter: one gap)

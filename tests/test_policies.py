@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import math
 import random
+import time
 
 import pytest
 from hypothesis import given
@@ -149,17 +153,32 @@ def test_default_policy_meets_the_schedule_target() -> None:
 
 def test_budget_spaces_requests_after_the_burst() -> None:
     budget = RateBudget(rate=10, burst=3)
-    waits = [budget.reserve(now=0.0) for _ in range(6)]
-    assert waits == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2, 0.3])
+    assert [budget.try_acquire(now=0.0) for _ in range(4)] == [True] * 3 + [False]
+    assert budget.next_free(now=0.0) == pytest.approx(0.1)
+    assert budget.try_acquire(now=0.1)
+    assert not budget.try_acquire(now=0.1)
+    assert budget.next_free(now=0.15) == pytest.approx(0.05)
+
+
+def test_budget_books_nothing_when_it_says_no() -> None:
+    # A refusal takes no slot: asking again and again does not push the
+    # next free slot further away.
+    budget = RateBudget(rate=10, burst=1)
+    assert budget.try_acquire(now=0.0)
+    for _ in range(5):
+        assert not budget.try_acquire(now=0.05)
+    assert budget.next_free(now=0.05) == pytest.approx(0.05)
+    assert budget.try_acquire(now=0.1)
 
 
 def test_budget_refills_while_idle() -> None:
     budget = RateBudget(rate=10, burst=2)
     for _ in range(5):
-        budget.reserve(now=0.0)
-    assert budget.reserve(now=100.0) == 0.0
-    assert budget.reserve(now=100.0) == 0.0
-    assert budget.reserve(now=100.0) == pytest.approx(0.1)
+        budget.try_acquire(now=0.0)
+    assert budget.try_acquire(now=100.0)
+    assert budget.try_acquire(now=100.0)
+    assert not budget.try_acquire(now=100.0)
+    assert budget.next_free(now=100.0) == pytest.approx(0.1)
 
 
 def test_pause_holds_back_every_request_until_it_passes() -> None:
@@ -167,16 +186,21 @@ def test_pause_holds_back_every_request_until_it_passes() -> None:
     budget.pause_until(10.0)
     assert budget.is_paused(9.99)
     assert not budget.is_paused(10.0)
-    assert budget.reserve(now=2.0) == pytest.approx(8.0)
+    assert not budget.try_acquire(now=2.0)
+    assert budget.next_free(now=2.0) == pytest.approx(8.0)
+    # After the pause the burst is there again, not a backlog.
+    assert [budget.try_acquire(now=10.0) for _ in range(6)] == [True] * 5 + [False]
 
 
 def test_unlimited_budget_still_honours_a_pause() -> None:
     budget = RateBudget()
-    assert budget.reserve(now=1.0) == 0.0
+    assert budget.try_acquire(now=1.0)
     budget.pause_until(3.0)
-    assert budget.reserve(now=1.0) == 2.0
+    assert budget.next_free(now=1.0) == 2.0
+    assert not budget.try_acquire(now=1.0)
     budget.pause_until(2.0)  # an earlier pause never shortens a later one
     assert budget.paused_until == 3.0
+    assert budget.try_acquire(now=3.0)
 
 
 @given(
@@ -187,18 +211,98 @@ def test_unlimited_budget_still_honours_a_pause() -> None:
 def test_budget_never_exceeds_rate_plus_burst_in_any_window(
     rate: float, burst: int, gaps: list[float]
 ) -> None:
+    # Whatever moments requests ask at (a busy loop, a stall, a stampede),
+    # the ones let go conform: slots are taken at the moment of sending.
     budget = RateBudget(rate=rate, burst=burst)
     now = 0.0
     sends = []
     for gap in gaps:
         now += gap
-        sends.append(now + budget.reserve(now))
-    sends.sort()
+        while not budget.try_acquire(now):
+            now += budget.next_free(now)
+        sends.append(now)
     # In any window of length w there are at most burst + rate*w sends.
     for i, start in enumerate(sends):
         for j in range(i, len(sends)):
             window = sends[j] - start
             assert j - i + 1 <= burst + rate * window + 1e-6
+
+
+async def test_acquire_lets_waiters_go_in_arrival_order_at_the_rate() -> None:
+    budget = RateBudget(rate=50, burst=1)
+    order: list[tuple[int, float]] = []
+
+    async def request(n: int) -> None:
+        await budget.acquire()
+        order.append((n, time.monotonic()))
+
+    await asyncio.gather(*(request(n) for n in range(6)))
+    assert [n for n, _ in order] == list(range(6))
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(order)]
+    assert min(gaps) >= 0.02 * 0.9
+    assert budget.waiting == 0
+
+
+async def test_a_stalled_event_loop_does_not_release_a_bunch_of_requests() -> None:
+    # Waiters whose turn passed while the loop was blocked are let go one
+    # slot apart, from the moment the loop runs again, not all at once.
+    rate = 20.0
+    budget = RateBudget(rate=rate, burst=1)
+    sends: list[float] = []
+
+    async def request() -> None:
+        await budget.acquire()
+        sends.append(time.monotonic())
+
+    tasks = [asyncio.create_task(request()) for _ in range(5)]
+    await asyncio.sleep(0.01)  # the first one goes; the others queue
+    time.sleep(0.3)  # noqa: ASYNC251 (a stall: every other turn passes)
+    await asyncio.gather(*tasks)
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert min(gaps[1:]) >= 1 / rate * 0.9, gaps
+
+
+async def test_a_cancelled_wait_gives_its_turn_up() -> None:
+    budget = RateBudget(rate=20, burst=1)
+    assert budget.try_acquire(time.monotonic())
+    first = asyncio.create_task(budget.acquire())
+    second = asyncio.create_task(budget.acquire())
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    first.cancel()
+    waited = await second
+    assert first.cancelled()
+    assert 0.03 <= waited < 0.2  # the next slot, not the one after it
+    assert budget.waiting == 0
+
+
+async def test_waiters_queued_before_a_pause_wait_for_it_too() -> None:
+    budget = RateBudget(rate=1000, burst=1)
+    assert budget.try_acquire(time.monotonic())
+    waiter = asyncio.create_task(budget.acquire())
+    await asyncio.sleep(0)
+    budget.pause_until(time.monotonic() + 0.15)
+    waited = await waiter
+    assert waited >= 0.15 * 0.95
+
+
+def test_a_budget_outlives_its_event_loop() -> None:
+    # A wait cut short when asyncio.run() ended leaves a timer on a closed
+    # loop; the next loop must not wait on it.
+    budget = RateBudget(rate=5, burst=1)
+
+    async def abandon() -> None:
+        budget.try_acquire(time.monotonic())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await budget.acquire()
+
+    async def use() -> float:
+        async with asyncio.timeout(2):
+            return await budget.acquire()
+
+    asyncio.run(abandon())
+    assert asyncio.run(use()) < 0.5
 
 
 def test_budget_rejects_nonsense() -> None:

@@ -178,7 +178,8 @@ def policies() -> float:
     retry = RetryPolicy()
     return (
         policy.next_delay(3.0)
-        + budget.reserve(now=1.0)
+        + budget.next_free(now=1.0)
+        + float(budget.try_acquire(now=9.0))
         + retry.delay(replipoll.ServerError("boom", status=503), 1)
     )
 
