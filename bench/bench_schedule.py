@@ -6,8 +6,10 @@ The main figure is a simulation: :class:`~replipoll.PollPolicy` is pure, so
 the polls one prediction gets can be replayed exactly on a virtual clock, for
 thousands of predictions, in a fraction of a second. The simulation does what
 the :class:`~replipoll.PollManager` does: poll at once on submission, then
-``next_delay(age)`` after each answer that is not terminal. Answers are taken
-as instant (add your round-trip time to every delay). The delay of a
+``next_delay(age)`` after each answer that is not terminal, rounded up to the
+manager's ``coalesce`` grid (each prediction at a random phase of it; the
+official client's schedule is simulated without one). Answers are taken as
+instant (add your round-trip time to every delay). The delay of a
 prediction is the time from its completion on the server to the answer that
 shows it terminal.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import inspect
 import math
 import random
 import statistics
@@ -32,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from replipoll import PollPolicy
+from replipoll import PollManager, PollPolicy
 
 #: The official client's schedule: every 0.5 s (``REPLICATE_POLL_INTERVAL``).
 OFFICIAL = PollPolicy.fixed(0.5)
@@ -43,6 +46,8 @@ PREVIOUS = PollPolicy(min_interval=0.5, age_factor=0.15, max_interval=2.0)
 #: since: every 1.5 s for the first 15 s, then 10% of the age, up to every 3 s
 #: from 30 s on. Shown apart only while they differ from ``PollPolicy()``.
 PROPOSED = PollPolicy(min_interval=1.5, age_factor=0.1, max_interval=3.0)
+#: The PollManager's default grid for due times (seconds).
+COALESCE: float = inspect.signature(PollManager).parameters["coalesce"].default
 
 
 @dataclass(frozen=True)
@@ -103,19 +108,28 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
 
 
 def poll(
-    policy: PollPolicy, duration: float, rng: random.Random, rtt: float = 0.0
+    policy: PollPolicy,
+    duration: float,
+    rng: random.Random,
+    rtt: float = 0.0,
+    coalesce: float = 0.0,
 ) -> tuple[int, float]:
     """Requests and delay for a prediction that completes ``duration`` s after submit.
 
     As the PollManager does: the first request goes at submission; each
     answer that is not terminal schedules the next request
-    ``next_delay(age)`` later, ``age`` counted at the answer. A request sent
-    at ``t`` sees the status at ``t + rtt / 2`` and is answered at ``t + rtt``.
+    ``next_delay(age)`` later, ``age`` counted at the answer, rounded up to
+    the ``coalesce`` grid. A request sent at ``t`` sees the status at
+    ``t + rtt / 2`` and is answered at ``t + rtt``.
     """
+    # Where submission falls on the event loop's grid.
+    phase = rng.uniform(0.0, coalesce) if coalesce else 0.0
     sent, requests = 0.0, 1
     while sent + rtt / 2 < duration:
         answered = sent + rtt
         sent = answered + policy.next_delay(answered, rng)
+        if coalesce:
+            sent = math.ceil((sent + phase) / coalesce) * coalesce - phase
         requests += 1
     return requests, sent + rtt - duration
 
@@ -127,12 +141,16 @@ def simulate(
     name: str = "",
     seed: int = 1,
     rtt: float = 0.0,
+    coalesce: float = COALESCE,
 ) -> Figures:
-    """Replay ``policy`` over ``durations`` on a virtual clock (jitter seeded)."""
+    """Replay ``policy`` over ``durations`` on a virtual clock (jitter seeded).
+
+    ``coalesce`` is the PollManager's grid; 0 for a poller without one.
+    """
     rng = random.Random(seed)
     requests, delays = [], []
     for duration in durations:
-        count, delay = poll(policy, duration, rng, rtt)
+        count, delay = poll(policy, duration, rng, rtt, coalesce)
         requests.append(count)
         delays.append(delay)
     return summarize(name or repr(policy), requests, delays)
@@ -164,6 +182,13 @@ def schedules() -> dict[str, PollPolicy]:
 
 
 OFFICIAL_NAME = "fixed 0.5 s (official client)"
+
+
+def grid(name: str) -> float:
+    """The due-time grid a named schedule runs on: none for the official client."""
+    return 0.0 if name == OFFICIAL_NAME else COALESCE
+
+
 #: A slower fixed interval, to show what the adaptive shape adds to one.
 REFERENCE_NAME = "fixed 2 s (for comparison)"
 
@@ -184,7 +209,7 @@ def frontier(durations: Sequence[float]) -> dict[str, list[dict[str, float]]]:
     """
     curves: dict[str, list[dict[str, float]]] = {"fixed interval": []}
     for interval in (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0):
-        figures = simulate(PollPolicy.fixed(interval), durations)
+        figures = simulate(PollPolicy.fixed(interval), durations, coalesce=0)
         curves["fixed interval"].append(_point(interval, figures))
     shapes = {f"shape of the default {_params(PollPolicy())}": PollPolicy()}
     if PollPolicy() != PREVIOUS:
@@ -207,7 +232,7 @@ def search(
     Returns the settings whose mean delay stays under ``max_mean_delay``,
     fewest requests first: the evidence behind the defaults.
     """
-    base = simulate(OFFICIAL, durations).requests_per_prediction
+    base = simulate(OFFICIAL, durations, coalesce=0).requests_per_prediction
     found = []
     for low in (0.5, 1.0, 1.25, 1.5, 1.75, 2.0):
         for factor in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0):
@@ -246,34 +271,38 @@ def run_simulation(*, quick: bool = False) -> dict[str, Any]:
     n = 1_000 if quick else 20_000
     durations = MAIN.durations(n)
     named = schedules()
-    main = {name: simulate(p, durations, name=name) for name, p in named.items()}
+    main = {
+        name: simulate(p, durations, name=name, coalesce=grid(name))
+        for name, p in named.items()
+    }
     base = main[OFFICIAL_NAME].requests_per_prediction
     others = {}
     for workload in OTHERS:
         durations_other = workload.durations(n)
-        base_other = simulate(OFFICIAL, durations_other).requests_per_prediction
-        others[workload.name] = {
-            name: {
-                **_round(asdict(simulate(p, durations_other, name=name))),
+        base_other = simulate(
+            OFFICIAL, durations_other, coalesce=0
+        ).requests_per_prediction
+        others[workload.name] = {}
+        for name, p in named.items():
+            figures = simulate(p, durations_other, name=name, coalesce=grid(name))
+            others[workload.name][name] = {
+                **_round(asdict(figures)),
                 "requests_ratio": round(
-                    simulate(p, durations_other).requests_per_prediction / base_other,
-                    3,
+                    figures.requests_per_prediction / base_other, 3
                 ),
             }
-            for name, p in named.items()
-        }
     single = {}
     for d in (1.0, 5.0, 60.0, 600.0):
         # "About d": spread over +-10%, so that a fixed interval's phase
         # does not decide the delay.
         around = [d * (0.9 + 0.2 * i / 199) for i in range(200)]
-        single[f"about {d:g} s"] = {
-            name: {
-                "requests": round(simulate(p, around).requests_per_prediction),
-                "delay": round(simulate(p, around).mean_delay, 2),
+        single[f"about {d:g} s"] = {}
+        for name, p in named.items():
+            figures = simulate(p, around, coalesce=grid(name))
+            single[f"about {d:g} s"][name] = {
+                "requests": round(figures.requests_per_prediction),
+                "delay": round(figures.mean_delay, 2),
             }
-            for name, p in named.items()
-        }
     found = [] if quick else search(durations[:5_000])
     return {
         "workload": asdict(MAIN),
@@ -355,10 +384,14 @@ async def _real(
                 answer.raise_for_status()
                 return str((await answer.json())["id"])
 
-        async def run(policy: PollPolicy) -> tuple[list[int], list[float], float]:
+        async def run(
+            name: str, policy: PollPolicy
+        ) -> tuple[list[int], list[float], float]:
             async with (
                 _CountingClient(base_url=base_url, api_key=API_KEY) as client,
-                replipoll.PollManager(client, policy=scaled(policy, scale)) as manager,
+                replipoll.PollManager(
+                    client, policy=scaled(policy, scale), coalesce=grid(name) * scale
+                ) as manager,
             ):
                 resolved: dict[str, float] = {}
                 futures = []
@@ -380,13 +413,15 @@ async def _real(
                 delays.append(late / scale)
             return requests, delays, rtt / scale
 
-        results = await asyncio.gather(*(run(p) for p in named.values()))
+        results = await asyncio.gather(*(run(n, p) for n, p in named.items()))
         stats: dict[str, dict[str, Any]] = {}
         for (name, policy), (requests, delays, rtt) in zip(
             named.items(), results, strict=True
         ):
             # The same durations simulated with the round trip measured here.
-            simulated = simulate(policy, durations, name=name, rtt=rtt)
+            simulated = simulate(
+                policy, durations, name=name, rtt=rtt, coalesce=grid(name)
+            )
             stats[name] = {
                 "real": _round(asdict(summarize(name, requests, delays))),
                 "simulated": _round(asdict(simulated)),

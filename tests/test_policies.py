@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import math
 import random
@@ -18,6 +19,7 @@ from replipoll import (
     ConnectError,
     DecodeError,
     NotFoundError,
+    PollManager,
     PollPolicy,
     RateBudget,
     RateLimitedError,
@@ -115,19 +117,23 @@ def test_fixed_policy_matches_the_official_client() -> None:
 
 
 def _simulate(
-    policy: PollPolicy, durations: list[float], seed: int = 1
+    policy: PollPolicy, durations: list[float], seed: int = 1, coalesce: float = 0.0
 ) -> tuple[float, float]:
     """Mean requests and mean detection delay per prediction, on a virtual clock.
 
     As the PollManager polls: at once on submission, then ``next_delay(age)``
-    after each answer that is not terminal; answers are taken as instant.
+    after each answer that is not terminal, rounded up to its ``coalesce``
+    grid; answers are taken as instant.
     """
     rng = random.Random(seed)
     requests = delays = 0.0
     for duration in durations:
         sent, count = 0.0, 1
+        phase = rng.uniform(0.0, coalesce)
         while sent < duration:
             sent += policy.next_delay(sent, rng)
+            if coalesce:
+                sent = math.ceil((sent + phase) / coalesce) * coalesce - phase
             count += 1
         requests += count
         delays += sent - duration
@@ -143,7 +149,8 @@ def test_default_policy_meets_the_schedule_target() -> None:
     rng = random.Random(0)
     durations = [min(1800.0, rng.lognormvariate(math.log(8), 1.2)) for _ in range(2000)]
     official, _ = _simulate(PollPolicy.fixed(0.5), durations)
-    requests, delay = _simulate(PollPolicy(), durations)
+    grid = inspect.signature(PollManager).parameters["coalesce"].default
+    requests, delay = _simulate(PollPolicy(), durations, coalesce=grid)
     assert requests / official <= 1 / 3
     assert delay <= 1.0
     # The defaults before (0.5 s, x0.15, 2 s) spent half the official requests.
