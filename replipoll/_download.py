@@ -324,11 +324,13 @@ async def _save_one(
     )(_fetch_once)
     # The slot covers the existence check too, so files are taken in order.
     async with slots:
-        if not overwrite:
-            size = await asyncio.to_thread(_existing_size, target)
-            if size is not None:
-                return SavedFile(url, target, size, skipped=True)
         try:
+            # Inside the try: a check that fails (ELOOP, EACCES) is this
+            # file's failure, not an exception that loses the whole report.
+            if not overwrite:
+                size = await asyncio.to_thread(_existing_size, target)
+                if size is not None:
+                    return SavedFile(url, target, size, skipped=True)
             size = await fetch(session, url, target, timeout)
         except RequestError as exc:
             raise DownloadError(url, exc.message, status=exc.status) from exc

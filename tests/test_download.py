@@ -329,3 +329,21 @@ async def test_misuse_is_rejected() -> None:
     """concurrency below 1 raises before anything is fetched."""
     with pytest.raises(replipoll.ConfigurationError):
         await save_outputs(succeeded("https://x/a.png"), ".", concurrency=0)
+
+
+async def test_a_target_that_cannot_be_checked_is_reported_not_raised(
+    server: FakeReplicate, tmp_path: Path
+) -> None:
+    """A file whose existence check fails (here a symlink loop: ELOOP; for
+    another user, EACCES) is one DownloadError in the report: save_outputs
+    does not raise, and the other files are still saved and reported."""
+    pid = server.add_prediction(n_files=2)
+    prediction = await fetch(server, pid)
+    (tmp_path / pid).mkdir()
+    (tmp_path / pid / "out-0.bin").symlink_to("out-0.bin")  # points at itself
+    report = await save_outputs(prediction, tmp_path, retry=FAST)
+    (error,) = report.errors
+    assert error.url.endswith("/out-0.bin")
+    assert "out-0.bin" in error.reason
+    assert [f.path.name for f in report.files] == ["out-1.bin"]
+    assert report.files[0].path.read_bytes() == server.file_content(pid, "out-1.bin")
