@@ -81,8 +81,8 @@ class RateBudget:
     """A shared request budget: ``rate`` requests per second, bursts of ``burst``.
 
     A slot is taken when a request goes, never booked ahead: whatever delays
-    a request between its turn and its send (an event loop busy elsewhere),
-    the requests that actually leave conform to the limit. :meth:`acquire`
+    a request before it is sent (an event loop busy elsewhere), the requests
+    that actually leave conform to the limit. :meth:`acquire`
     waits for a slot, first come first served; :meth:`try_acquire` takes one
     only if it is free now and nobody is waiting. :meth:`pause_until` stops
     the whole budget until a time (a ``Retry-After``): no slot is handed out
@@ -113,7 +113,11 @@ class RateBudget:
     _timer: asyncio.TimerHandle | None = attrs.field(
         default=None, init=False, repr=False, eq=False
     )
-    _timer_loop: asyncio.AbstractEventLoop | None = attrs.field(
+    # The waiter woken for the next slot, which it takes once it runs.
+    _handoff: asyncio.Future[None] | None = attrs.field(
+        default=None, init=False, repr=False, eq=False
+    )
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(
         default=None, init=False, repr=False, eq=False
     )
 
@@ -152,7 +156,7 @@ class RateBudget:
 
         Returns False, and takes nothing, otherwise: then :meth:`acquire`.
         """
-        if self._waiters or self.next_free(now) > 0.0:
+        if self._waiters or self._handoff is not None or self.next_free(now):
             return False
         self._take(now)
         return True
@@ -161,22 +165,39 @@ class RateBudget:
         """Wait for a slot, in arrival order; return the seconds waited.
 
         Reads :func:`time.monotonic`, the clock of asyncio's event loops. One
-        timer serves all waiters: when it fires, each waiter at the head whose
-        slot is free *then* is let go, so requests delayed by a busy event loop
-        are spread out again rather than sent together. Cancelling the wait
-        gives its turn up.
+        timer serves all waiters: when the head's slot is free it is woken,
+        and it takes the slot when it runs, that is when its request leaves;
+        only then is the next waiter's turn timed. Requests held up by a busy
+        event loop are so spread out again rather than sent together.
+        Cancelling the wait gives its turn up. A budget serves one event loop
+        at a time.
         """
         start = time.monotonic()
         if self.try_acquire(start):
             return 0.0
         loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Whatever waited on another event loop (one that has ended) is
+            # gone; its timer would never fire here.
+            self._forget(loop)
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
-        if self._timer is None or self._timer_loop is not loop:
-            # (A timer of another, finished event loop would never fire.)
-            self._arm(loop, self.next_free(start))
-        await waiter
-        return time.monotonic() - start
+        if self._timer is None and self._handoff is None:
+            self._arm(self.next_free(start))
+        try:
+            await waiter
+            while True:
+                now = time.monotonic()
+                wait = self.next_free(now)
+                if not wait:
+                    self._take(now)
+                    return now - start
+                # A pause began since this waiter was woken: it keeps its turn.
+                await asyncio.sleep(wait)
+        finally:
+            if self._handoff is waiter:
+                self._handoff = None
+                self._next()
 
     def pause_until(self, when: float) -> None:
         """Hand out no slot before ``when``; waiters already queued wait too."""
@@ -194,25 +215,38 @@ class RateBudget:
         if self.rate is not None:
             self._tat = (now if now > self._tat else self._tat) + 1.0 / self.rate
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+    def _arm(self, delay: float) -> None:
+        assert self._loop is not None
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_loop = loop
-        self._timer = loop.call_later(delay, self._release)
+        self._timer = self._loop.call_later(delay, self._release)
+
+    def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._handoff = None
+        self._waiters.clear()
+        self._loop = loop
+
+    def _next(self) -> None:
+        """Time the turn of the next waiter, if any (a slot was just taken)."""
+        waiters = self._waiters
+        while waiters and waiters[0].done():  # its wait was cancelled
+            waiters.popleft()
+        if waiters and self._timer is None:
+            self._arm(self.next_free(time.monotonic()))
 
     def _release(self) -> None:
-        """Let go every waiter at the head whose slot is free now."""
+        """The timer: wake the first waiter if its slot is free now."""
         self._timer = None
         waiters = self._waiters
-        now = time.monotonic()
-        while waiters:
-            if waiters[0].done():  # its wait was cancelled
-                waiters.popleft()
-                continue
-            wait = self.next_free(now)
-            if wait > 0.0:
-                assert self._timer_loop is not None
-                self._arm(self._timer_loop, wait)
-                return
-            self._take(now)
-            waiters.popleft().set_result(None)
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        if not waiters or self._handoff is not None:
+            return
+        wait = self.next_free(time.monotonic())
+        if wait:
+            self._arm(wait)
+            return
+        self._handoff = waiters.popleft()
+        self._handoff.set_result(None)
