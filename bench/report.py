@@ -320,8 +320,9 @@ size is the provider's JSON decoded (a few KiB for a finished prediction with
 output URLs).
 
 **CPU per request as ids grow.** `N` ids, a rate budget of `R` requests/s and
-`PollPolicy.fixed(N / R)`: the first round is paced by the budget, and every
-later round asks `R` requests/s of the same `N` ids, which sit in the heap.
+`PollPolicy.fixed(0.5 × N / R)`: the ids ask more than `R`, so the budget
+paces every round at `R` requests/s of the same `N` ids, which sit in the
+heap in between.
 After one round of warm-up, CPU and requests are read over a window.
 
 {_table(header, cpu_rows)}

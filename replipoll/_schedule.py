@@ -113,10 +113,8 @@ class RateBudget:
     _timer: asyncio.TimerHandle | None = attrs.field(
         default=None, init=False, repr=False, eq=False
     )
-    # The waiter woken for the next slot, which it takes once it runs.
-    _handoff: asyncio.Future[None] | None = attrs.field(
-        default=None, init=False, repr=False, eq=False
-    )
+    # Waiters woken for a slot that have yet to run and take it.
+    _woken: int = attrs.field(default=0, init=False, repr=False, eq=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(
         default=None, init=False, repr=False, eq=False
     )
@@ -156,7 +154,7 @@ class RateBudget:
 
         Returns False, and takes nothing, otherwise: then :meth:`acquire`.
         """
-        if self._waiters or self._handoff is not None or self.next_free(now):
+        if self._waiters or self._woken or self.next_free(now):
             return False
         self._take(now)
         return True
@@ -165,9 +163,10 @@ class RateBudget:
         """Wait for a slot, in arrival order; return the seconds waited.
 
         Reads :func:`time.monotonic`, the clock of asyncio's event loops. One
-        timer serves all waiters: when the head's slot is free it is woken,
-        and it takes the slot when it runs, that is when its request leaves;
-        only then is the next waiter's turn timed. Requests held up by a busy
+        timer serves all waiters. When it fires, it wakes as many waiters at
+        the head as may go at that moment (one, or a burst); each takes its
+        slot when it runs, that is when its request leaves, and the next
+        turn is timed only once all of them have. Requests held up by a busy
         event loop are so spread out again rather than sent together.
         Cancelling the wait gives its turn up. A budget serves one event loop
         at a time.
@@ -182,7 +181,7 @@ class RateBudget:
             self._forget(loop)
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
-        if self._timer is None and self._handoff is None:
+        if self._timer is None and not self._woken:
             self._arm(self.next_free(start))
         try:
             await waiter
@@ -195,9 +194,10 @@ class RateBudget:
                 # A pause began since this waiter was woken: it keeps its turn.
                 await asyncio.sleep(wait)
         finally:
-            if self._handoff is waiter:
-                self._handoff = None
-                self._next()
+            if waiter.done() and not waiter.cancelled():  # it was woken
+                self._woken -= 1
+                if not self._woken:
+                    self._wake()
 
     def pause_until(self, when: float) -> None:
         """Hand out no slot before ``when``; waiters already queued wait too."""
@@ -219,34 +219,51 @@ class RateBudget:
         assert self._loop is not None
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(delay, self._release)
+        self._timer = self._loop.call_later(delay, self._wake)
 
     def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._handoff = None
+        self._timer = None
+        self._woken = 0
         self._waiters.clear()
         self._loop = loop
 
-    def _next(self) -> None:
-        """Time the turn of the next waiter, if any (a slot was just taken)."""
+    def _free_slots(self, now: float, wanted: int) -> int:
+        """How many requests, up to ``wanted``, may leave together at ``now``."""
+        if now < self._paused_until:
+            return 0
+        if self.rate is None:
+            return wanted
+        interval = 1.0 / self.rate
+        tat, count = self._tat, 0
+        while count < wanted and tat - (self.burst - 1) * interval - now <= 1e-9:
+            tat = (now if now > tat else tat) + interval
+            count += 1
+        return count
+
+    def _wake(self) -> None:
+        """Wake the waiters that may go now, or time the head's turn.
+
+        Called by the timer, and by the last woken waiter once it has taken
+        its slot: no turn is timed while a woken waiter has yet to run.
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         waiters = self._waiters
         while waiters and waiters[0].done():  # its wait was cancelled
             waiters.popleft()
-        if waiters and self._timer is None:
-            self._arm(self.next_free(time.monotonic()))
-
-    def _release(self) -> None:
-        """The timer: wake the first waiter if its slot is free now."""
-        self._timer = None
-        waiters = self._waiters
-        while waiters and waiters[0].done():
-            waiters.popleft()
-        if not waiters or self._handoff is not None:
+        if not waiters:
             return
-        wait = self.next_free(time.monotonic())
-        if wait:
-            self._arm(wait)
+        now = time.monotonic()
+        free = self._free_slots(now, len(waiters))
+        if not free:
+            self._arm(self.next_free(now))
             return
-        self._handoff = waiters.popleft()
-        self._handoff.set_result(None)
+        while free and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._woken += 1
+                free -= 1

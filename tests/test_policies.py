@@ -317,3 +317,19 @@ def test_budget_rejects_nonsense() -> None:
         RateBudget(rate=0)
     with pytest.raises(ValueError, match="burst"):
         RateBudget(rate=1, burst=0)
+
+
+async def test_after_a_pause_the_burst_goes_at_once_then_the_rate() -> None:
+    rate, burst = 20.0, 4
+    budget = RateBudget(rate=rate, burst=burst)
+    budget.pause_until(time.monotonic() + 0.1)
+    sends: list[float] = []
+
+    async def request() -> None:
+        await budget.acquire()
+        sends.append(time.monotonic())
+
+    await asyncio.gather(*(request() for _ in range(7)))
+    assert sends[burst - 1] - sends[0] < 0.01  # woken together
+    gaps = [b - a for a, b in itertools.pairwise(sends[burst - 1 :])]
+    assert min(gaps) >= 1 / rate * 0.9
