@@ -6,7 +6,9 @@ A fake server (another process) scripts the predictions: a fifth finished
 already, half finishing within 1-10 s, the rest within 10-30 s; mostly
 successes, some failures and cancellations. A fresh interpreter submits them
 all to one ``PollManager`` (default schedule, ``max_concurrency=32``) and
-reads its own CPU time from before ``poll_many`` to the last result.
+reads its own CPU time from before ``poll_many`` to the last result. The same
+batch runs once more on a fresh server with ``coalesce=0``, to show what
+coalescing due times saves.
 
 Two floors, each measured by another fresh interpreter on the same server:
 
@@ -63,13 +65,18 @@ def mixed_script(n: int, *, stretch: float = 1.0, seed: int = 0) -> Script:
     return script
 
 
-async def poll_all(base_url: str, ids: list[str]) -> dict[str, Any]:
+async def poll_all(
+    base_url: str, ids: list[str], coalesce: float | None = None
+) -> dict[str, Any]:
     """Poll every id to the end with one PollManager; runs in a child."""
     import replipoll
 
+    options = {} if coalesce is None else {"coalesce": coalesce}
     async with (
         replipoll.Client(base_url=base_url, api_key=API_KEY) as client,
-        replipoll.PollManager(client, max_concurrency=CONCURRENCY) as manager,
+        replipoll.PollManager(
+            client, max_concurrency=CONCURRENCY, **options
+        ) as manager,
     ):
         wall, start = time.perf_counter(), cpu()
         results = await manager.poll_many(ids)
@@ -161,7 +168,11 @@ def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
             replayed = run_child("bench_manager.py", "floor", url, path, "0", str(log))
             count = str(min(batch["requests"], 10_000))
             saturated = run_child("bench_manager.py", "floor", url, path, count)
+        with fake_server(script) as server, ids_file(server.ids) as path:
+            off = run_child("bench_manager.py", "batch", server.base_url, path, "0")
         batch["us_per_request"] = batch["cpu"] / batch["requests"] * 1e6
+        batch["uncoalesced_us"] = off["cpu"] / off["requests"] * 1e6
+        batch["x_uncoalesced"] = batch["us_per_request"] / batch["uncoalesced_us"]
         for name, base in (("replayed", replayed), ("saturated", saturated)):
             batch[f"{name}_floor_us"] = base["cpu"] / base["count"] * 1e6
             batch[f"x_{name}_floor"] = (
@@ -182,6 +193,8 @@ def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
                 ("x_replayed_floor", 2),
                 ("saturated_floor_us", 1),
                 ("x_saturated_floor", 2),
+                ("uncoalesced_us", 1),
+                ("x_uncoalesced", 2),
             )
         },
         "wall_seconds": round(median([s["wall"] for s in samples]), 1),
@@ -208,6 +221,10 @@ def report(result: dict[str, Any]) -> None:
         f"({result['x_saturated_floor']}x)"
     )
     print(
+        f"  with coalesce=0: {result['uncoalesced_us']} us/request "
+        f"(coalescing: {result['x_uncoalesced']}x of that)"
+    )
+    print(
         f"  wall {result['wall_seconds']} s, {result['requests_per_id']} requests/id, "
         f"peak in flight {result['peak_in_flight']}/{result['max_concurrency']}, "
         f"all finished: {result['all_finished']}"
@@ -225,7 +242,8 @@ def main() -> None:
         part, base_url, path, *rest = args.child
         ids = Path(path).read_text().split()
         if part == "batch":
-            emit(asyncio.run(poll_all(base_url, ids)))
+            coalesce = float(rest[0]) if rest else None
+            emit(asyncio.run(poll_all(base_url, ids, coalesce)))
         else:
             log = json.loads(Path(rest[1]).read_text()) if len(rest) > 1 else []
             arrivals = [(float(t), str(pid)) for t, pid in log]
