@@ -6,7 +6,7 @@
     ├── ConfigurationError (ValueError)       bad provider, base URL or option
     │   └── MissingAPIKeyError                no key given and its env var is unset
     ├── InvalidPredictionIdError (ValueError) rejected before any request is sent
-├── ClientClosedError (RuntimeError)      the client was closed; no request sent
+    ├── ClientClosedError (RuntimeError)      the client was closed; no request sent
     ├── RequestError                          a request failed; .attempts, .request_id
     │   ├── HTTPStatusError                   an answer with a non-2xx status
     │   │   ├── BadRequestError               400, 422, other 4xx; 3xx
