@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from replipoll import DecodeError, Prediction, Status
+from replipoll import TERMINAL_STATUSES, DecodeError, Prediction, Status
 from replipoll._decode import parse_timestamp, structure_prediction
 
 # The example body of both seed documents (DeerAPI and CometAPI).
@@ -119,6 +119,13 @@ def test_every_documented_status_is_an_enum_member(status: Status) -> None:
     assert p.is_terminal == (status not in {Status.STARTING, Status.PROCESSING})
 
 
+@pytest.mark.parametrize("status", list(Status))
+def test_status_is_terminal_agrees_with_terminal_statuses(status: Status) -> None:
+    """Status.is_terminal works on the enum alone, without a record."""
+    assert status.is_terminal == (status in TERMINAL_STATUSES)
+    assert status.is_terminal == (status not in {Status.STARTING, Status.PROCESSING})
+
+
 def test_aborted_is_terminal() -> None:
     assert Prediction.from_json({"id": "x", "status": "aborted"}).is_terminal
 
@@ -154,6 +161,17 @@ def test_nulls_mean_absent() -> None:
     assert p.metrics is None
     assert p.data_removed is False
     assert p.started_at is None
+
+
+def test_an_integer_sent_as_a_whole_float_is_an_integer() -> None:
+    """``"image_count": 2.0`` (some JSON encoders write every number as a float)
+    decodes to the int 2, while 1.5 is refused (see the bad-body cases)."""
+    p = Prediction.from_json(
+        {"id": "x", "status": "succeeded", "metrics": {"image_count": 2.0}}
+    )
+    assert p.metrics is not None
+    assert p.metrics.image_count == 2
+    assert type(p.metrics.image_count) is int
 
 
 def test_non_string_error_is_kept_readable() -> None:

@@ -234,6 +234,13 @@ def test_html_error_page_message_is_its_title() -> None:
     assert error.message == "HTML page: 502 Bad Gateway"
 
 
+def test_a_json_string_body_is_the_message_without_its_quotes() -> None:
+    """Some gateways answer an error with a bare JSON string: that is the message."""
+    error = error_for_response(503, {}, b'"model is warming up"', now=NOW)
+    assert isinstance(error, ServerError)
+    assert error.message == "model is warming up"
+
+
 def test_empty_body_names_the_reason() -> None:
     error = error_for_response(504, {}, b"", now=NOW, reason="Gateway Timeout")
     assert error.message == "Gateway Timeout (empty body)"

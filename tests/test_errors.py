@@ -1,0 +1,88 @@
+"""The exception tree: messages users read, and errors that survive pickling."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from replipoll import (
+    DecodeError,
+    DownloadError,
+    NotFoundError,
+    PollTimeout,
+    Prediction,
+    RateLimitedError,
+    RequestError,
+    ServerError,
+)
+
+
+def test_a_request_error_with_no_details_is_just_its_message() -> None:
+    """Nothing known beyond the message: str() adds no empty parentheses."""
+    assert str(RequestError("the connection was refused")) == (
+        "the connection was refused"
+    )
+
+
+def test_a_request_error_names_every_detail_it_has() -> None:
+    """Method and URL, status, request id and attempts all appear in str()."""
+    error = ServerError(
+        "upstream is down",
+        url="https://x/v1/predictions/abc",
+        status=503,
+        request_id="req_1",
+        attempts=3,
+    )
+    assert str(error) == (
+        "upstream is down (GET https://x/v1/predictions/abc, status 503, "
+        "request id req_1, after 3 attempts)"
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RequestError("refused", url="https://x/p/a", attempts=2),
+        NotFoundError("gone", method="POST", url="https://x/p/a", status=404),
+        RateLimitedError("slow down", status=429, request_id="r9", retry_after=2.5),
+        DecodeError("not JSON", status=200, field="metrics.total", transient=True),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_request_errors_survive_pickling_with_every_attribute(
+    error: RequestError,
+) -> None:
+    """Keyword-only state (status, request id, retry_after...) is not lost when an
+    error crosses a process boundary (multiprocessing, a result cache)."""
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert vars(copy) == vars(error)
+    assert str(copy) == str(error)
+    assert copy.args == error.args
+
+
+def test_a_poll_timeout_survives_pickling_with_its_last_record() -> None:
+    last = Prediction.from_json({"id": "abc", "status": "processing"})
+    error = PollTimeout("abc", 30.0, last)
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, PollTimeout)
+    assert (copy.prediction_id, copy.timeout, copy.last) == ("abc", 30.0, last)
+    assert str(copy) == str(error)
+    assert "last status: processing" in str(copy)
+
+
+def test_a_poll_timeout_for_an_id_never_seen_says_so() -> None:
+    error = PollTimeout("abc", 1.5, None)
+    assert str(error) == (
+        "prediction abc not terminal after 1.5s (last status: never seen)"
+    )
+    assert pickle.loads(pickle.dumps(error)).last is None
+
+
+@pytest.mark.parametrize("status", [403, None])
+def test_a_download_error_survives_pickling(status: int | None) -> None:
+    error = DownloadError("https://files/x/out.png", "expired", status=status)
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, DownloadError)
+    assert (copy.url, copy.reason, copy.status) == (error.url, "expired", status)
+    assert str(copy) == str(error)
