@@ -12,7 +12,7 @@ import pytest_asyncio
 import replipoll
 from aiohttp import web
 from replipoll import DownloadError, Prediction, RetryPolicy, save_outputs
-from replipoll._download import output_names
+from replipoll._download import FLUSH_SIZE, output_names
 from replipoll.testing import FakeReplicate, Fault
 
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02)
@@ -347,3 +347,71 @@ async def test_a_target_that_cannot_be_checked_is_reported_not_raised(
     assert "out-0.bin" in error.reason
     assert [f.path.name for f in report.files] == ["out-1.bin"]
     assert report.files[0].path.read_bytes() == server.file_content(pid, "out-1.bin")
+
+
+async def test_a_file_larger_than_the_write_buffer_is_saved_whole(
+    server: FakeReplicate, tmp_path: Path
+) -> None:
+    """Bytes flushed to disk in several batches arrive complete and in order."""
+    size = 2 * FLUSH_SIZE + 12_345
+    pid = server.add_prediction(n_files=1, file_size=size)
+    report = await save_outputs(await fetch(server, pid), tmp_path)
+    report.raise_for_errors()  # nothing failed: returns quietly
+    (saved,) = report.saved
+    assert saved.size == size
+    assert saved.path.read_bytes() == server.file_content(pid, "out-0.bin")
+
+
+async def test_a_download_that_goes_silent_times_out_and_leaves_nothing(
+    recorder: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    """timeout= applies per download: a stalled body is a DownloadError saying it
+    timed out, and neither the file nor its .part stays behind."""
+    rec, url = recorder
+    report = await save_outputs(
+        succeeded(f"{url}/stall/big.bin"),
+        tmp_path,
+        retry=RetryPolicy(max_attempts=1),
+        timeout=aiohttp.ClientTimeout(sock_read=0.2),
+    )
+    (error,) = report.errors
+    assert error.reason == "download timed out"
+    assert error.status is None
+    assert rec.stalled.is_set()  # it did time out mid-body, not before
+    assert entries(tmp_path / "p1") == []
+
+
+async def test_an_output_url_without_a_host_fails_once_and_alone(
+    recorder: tuple[Recorder, str], tmp_path: Path
+) -> None:
+    """A malformed URL is not retried, and does not stop the good one."""
+    rec, url = recorder
+    report = await save_outputs(
+        succeeded(["http:///no-host.png", f"{url}/whole/ok.png"]),
+        tmp_path,
+        retry=FAST,
+    )
+    (error,) = report.errors
+    assert error.url == "http:///no-host.png"
+    assert error.reason == "not a valid URL"
+    assert [f.path.name for f in report.files] == ["ok.png"]
+    assert len(rec.headers) == 1
+
+
+async def test_a_directory_in_the_way_is_a_write_error_for_that_file(
+    server: FakeReplicate, tmp_path: Path
+) -> None:
+    """A directory sits where a file must go: that file fails with "cannot write"
+    after one attempt (a local error is not retried), its .part file is removed,
+    and the directory is left as it was."""
+    pid = server.add_prediction(n_files=2)
+    prediction = await fetch(server, pid)
+    blocker = tmp_path / pid / "out-0.bin"
+    blocker.mkdir(parents=True)
+    report = await save_outputs(prediction, tmp_path, retry=FAST)
+    (error,) = report.errors
+    assert error.reason.startswith(f"cannot write {blocker}")
+    assert blocker.is_dir()
+    assert [f.path.name for f in report.files] == ["out-1.bin"]
+    assert leftovers(tmp_path / pid) == []
+    assert file_requests(server, pid).count(f"/files/{pid}/out-0.bin") == 1
