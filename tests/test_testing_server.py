@@ -18,6 +18,7 @@ import aiohttp
 import attrs
 import pytest
 import replipoll.testing
+from aiohttp import web
 from multidict import CIMultiDictProxy
 from replipoll.testing import (
     CHAOS_FAULTS,
@@ -314,6 +315,8 @@ async def test_create_through_versions_endpoint(
         (b'{"input": {}}', 422),
         (b'{"version": "v", "input": {"replipoll_duration": -1}}', 422),
         (b'{"version": "v", "input": {"replipoll_outcome": 3}}', 422),
+        (b'{"version": "v", "input": {"replipoll_queue": "soon"}}', 422),
+        (b'{"version": "v", "input": {"replipoll_duration": true}}', 422),
     ],
 )
 async def test_create_rejects_bad_bodies(
@@ -342,6 +345,20 @@ async def test_list_pages_newest_first_with_working_links(
     assert [r["id"] for r in second["results"]] == ids[::-1][100:]
     assert second["next"] is None
     assert back == first
+
+
+@pytest.mark.parametrize("cursor", ["-1", "two", "1e3"])
+async def test_list_refuses_a_cursor_that_is_not_a_count(
+    server: FakeReplicate, session: aiohttp.ClientSession, cursor: str
+) -> None:
+    """A hand-made cursor that is not a non-negative integer is a 400, not a 500."""
+    server.add_predictions(3)
+    status, headers, body = await fetch(
+        session, "GET", f"{server.base_url()}/predictions", params={"cursor": cursor}
+    )
+    assert status == 400
+    assert headers["Content-Type"] == "application/problem+json"
+    assert json.loads(body)["detail"] == "Invalid cursor."
 
 
 # -- errors and auth ------------------------------------------------------
@@ -426,6 +443,20 @@ async def test_unknown_paths_are_404_json_or_html_like_gateways(
     assert gw_headers["Content-Type"].startswith("text/html")
     assert "X-Request-Id" in v1_headers
     assert wrong_method == 405
+
+
+async def test_faults_are_not_spent_on_paths_outside_the_api_and_files(
+    server: FakeReplicate, session: aiohttp.ClientSession
+) -> None:
+    """A request to neither the API nor /files/ (a stray /health) is answered
+    normally and leaves an armed fault for the next API request."""
+    pid = server.add_prediction()
+    server.add_fault(Fault.server_error(), times=1)
+    stray, _, _ = await fetch(session, "GET", f"{server.url}/health")
+    first, _, _ = await fetch(session, "GET", prediction_url(server, pid))
+    second, _, _ = await fetch(session, "GET", prediction_url(server, pid))
+    assert (stray, first, second) == (404, 500, 200)
+    assert server.stats.faults_injected["server_error"] == 1
 
 
 # -- files ----------------------------------------------------------------
@@ -823,6 +854,79 @@ async def test_lifecycle_errors_and_repeated_close() -> None:
         server.api_key = "other"
 
 
+def test_generated_ids_skip_ids_already_scripted() -> None:
+    """A random id that is already taken (by an explicit id) is drawn again."""
+    expected = FakeReplicate(seed=5).add_predictions(2)
+    server = FakeReplicate(seed=5)
+    server.add_prediction(expected[0])  # the id the next draw would give
+    assert server.add_prediction() == expected[1]
+
+
+async def test_file_content_of_a_file_not_served_is_a_key_error(
+    server: FakeReplicate,
+) -> None:
+    """file_content answers like the server: out-N.bin past n_files does not exist."""
+    pid = server.add_prediction(n_files=2)
+    assert len(server.file_content(pid, "out-1.bin")) == 1024
+    with pytest.raises(KeyError):
+        server.file_content(pid, "out-2.bin")
+
+
+async def test_a_failed_start_can_be_retried_on_another_port() -> None:
+    """start() on a port in use raises OSError and leaves the server unstarted,
+    so a second start() on a free port works."""
+    async with FakeReplicate(KEY) as taken:
+        port = int(taken.url.rsplit(":", 1)[1])
+        server = FakeReplicate(KEY)
+        with pytest.raises(OSError):  # noqa: PT011 - errno text varies
+            await server.start(port=port)
+        with pytest.raises(RuntimeError, match="not started"):
+            server.url  # noqa: B018
+        await server.start()
+        try:
+            assert server.url != taken.url
+            pid = server.add_prediction()
+            async with aiohttp.ClientSession(headers=AUTH) as session:
+                assert (await get_json(session, prediction_url(server, pid)))["id"]
+        finally:
+            await server.close()
+
+
+async def test_async_with_on_a_started_server_keeps_it_and_closes_it() -> None:
+    """Entering an already started server does not start it again; leaving closes."""
+    server = FakeReplicate(KEY)
+    await server.start()
+    url = server.url
+    async with server as entered:
+        assert entered is server
+        assert server.url == url
+    with pytest.raises(RuntimeError, match="not started"):
+        server.url  # noqa: B018
+
+
+async def test_the_app_can_be_served_by_your_own_runner() -> None:
+    """FakeReplicate.app is a complete aiohttp app: mount it yourself and it
+    answers with the key and predictions of its FakeReplicate."""
+    server = FakeReplicate(KEY)
+    pid = server.add_prediction(outcome="failed")
+    runner = web.AppRunner(server.app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://{host}:{port}/v1/predictions/{pid}"
+        async with aiohttp.ClientSession(headers=AUTH) as session:
+            record = await get_json(session, url)
+            status, _, _ = await fetch(
+                session, "GET", url, headers={"Authorization": "Bearer no"}
+            )
+    finally:
+        await runner.cleanup()
+    assert (record["id"], record["status"]) == (pid, "failed")
+    assert status == 401
+
+
 async def test_pytest_plugin_fixture_serves_on_loopback(
     fake_replicate: FakeReplicate,
 ) -> None:
@@ -850,6 +954,8 @@ def test_scenarios_are_seeded_and_named() -> None:
     assert set(SCENARIOS) == {"demo", "chaos", "empty"}
     with pytest.raises(ValueError, match="unknown scenario"):
         load_scenario(FakeReplicate(), "nope")
+    with pytest.raises(ValueError, match="no predictions to count"):
+        load_scenario(FakeReplicate(), "empty", 3)
 
 
 async def test_chaos_scenario_mixes_outcomes_and_faults(
@@ -899,6 +1005,33 @@ async def test_run_server_prints_urls_and_writes_ids(tmp_path: Path) -> None:
     assert lines[0] == f"replipoll fake server on {url} (also /replicate/v1)"
     assert lines[1] == "api key: test-key"
     assert len(ids_file.read_text().split()) == 3
+
+
+async def test_run_server_with_the_empty_scenario_prints_only_the_banner() -> None:
+    """No default key, no ids: one line, so scripts can read the URL and go."""
+    stop, printed = asyncio.Event(), asyncio.Event()
+
+    class Out(io.StringIO):
+        def flush(self) -> None:
+            printed.set()
+
+    out = Out()
+    server = FakeReplicate(KEY)
+    task = asyncio.create_task(run_server(server, out=out, stop=stop))
+    await asyncio.wait_for(printed.wait(), 5)
+    url = server.base_url()
+    stop.set()
+    await task
+    assert out.getvalue() == f"replipoll fake server on {url} (also /replicate/v1)\n"
+    with pytest.raises(RuntimeError, match="not started"):
+        server.url  # noqa: B018 - closed once stopped
+
+
+def test_cli_rejects_a_negative_count(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--scenario", "demo", "--predictions", "-1"])
+    assert exited.value.code == 2
+    assert "--predictions must be >= 0" in capsys.readouterr().err
 
 
 def test_cli_rejects_a_count_for_the_empty_scenario(
