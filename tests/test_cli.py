@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from replipoll import ConfigurationError
 from replipoll._cli import main
-from replipoll.testing import FakeReplicate
+from replipoll.testing import FakeReplicate, Fault
 
 T = TypeVar("T")
 
@@ -623,3 +624,195 @@ def test_fake_server_command_serves_until_interrupted(tmp_path: Path) -> None:
         _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "Traceback" not in stderr
+
+
+# -- what the commands show, and how they fail ----------------------------------
+
+
+def test_get_shows_text_output_a_running_prediction_and_removed_data(
+    fake: ServerThread, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """Output that is not a file is shown as JSON; a running prediction has no
+    predict time yet; data the provider removed is said to be removed."""
+    (text,) = fake.add(1, output={"caption": "a cat"})
+    (running,) = fake.add(1, duration=60)
+    (removed,) = fake.add(1, extra={"data_removed": True, "output": None})
+    code, out, _ = invoke("get", text, "--base-url", fake.base_url)
+    assert code == 0
+    assert '{"caption": "a cat"}' in out
+    assert "predict time" in out
+    code, out, _ = invoke("get", running, "--base-url", fake.base_url)
+    assert code == 0
+    assert "processing" in out
+    assert "predict time" not in out
+    code, out, _ = invoke("get", removed, "--base-url", fake.base_url)
+    assert code == 0
+    assert "removed by the provider" in out
+
+
+def test_download_of_a_text_output_saves_nothing_and_says_so(
+    fake: ServerThread, tmp_path: Path, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    (pid,) = fake.add(1, output="just text")
+    code, out, _ = invoke(
+        "download", pid, "--dest", str(tmp_path), "--base-url", fake.base_url
+    )
+    assert code == 0
+    assert f"{pid}: no output files" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_reports_every_problem_on_its_own_line_and_exits_1(
+    fake: ServerThread, tmp_path: Path, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """An unknown id, outputs the provider removed, and an expired file URL:
+    one error line each, the good file of the same prediction still saved."""
+    (removed,) = fake.add(1, extra={"data_removed": True, "output": None})
+    (expired,) = fake.add(1, n_files=2)
+    fake.call(
+        fake.server.add_fault,
+        Fault.status(404, "gone"),
+        prediction_id=expired,
+        files=True,
+    )
+    code, out, err = invoke(
+        "download",
+        "ghost-id",
+        removed,
+        expired,
+        "--dest",
+        str(tmp_path),
+        "--concurrency",
+        "1",
+        "--base-url",
+        fake.base_url,
+    )
+    assert code == 1
+    errors = err.splitlines()
+    assert len(errors) == 3, err
+    assert any("status 404" in line and "ghost-id" in line for line in errors)
+    assert (
+        f"replipoll: error: {removed}: the provider removed its outputs (data_removed)"
+        in errors
+    )
+    assert any(
+        f"/files/{expired}/out-0.bin (404)" in line and "gone" in line
+        for line in errors
+    )
+    assert (tmp_path / expired / "out-1.bin").exists()
+    assert not (tmp_path / expired / "out-0.bin").exists()
+    assert "out-1.bin" in out
+
+
+def test_verbose_logs_retries_which_are_silent_by_default(
+    fake: ServerThread, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """-v shows the retry warning on standard error; without it, only the result."""
+    (pid,) = fake.add(1)
+    fake.call(fake.server.add_fault, Fault.server_error(), prediction_id=pid)
+    code, _, err = invoke("-v", "get", pid, "--json", "--base-url", fake.base_url)
+    assert code == 0
+    assert "retrying" in err
+    assert "status 500" in err
+    fake.call(fake.server.add_fault, Fault.server_error(), prediction_id=pid)
+    code, _, err = invoke("get", pid, "--json", "--base-url", fake.base_url)
+    assert code == 0
+    assert err == ""
+
+
+def test_replipoll_debug_raises_instead_of_one_line(
+    invoke: Callable[..., tuple[int, str, str]],
+) -> None:
+    """REPLIPOLL_DEBUG=1 (docs/cli.md) lets the exception out, for its traceback."""
+    with pytest.raises(ConfigurationError, match="base_url"):
+        invoke("get", "abc", "--base-url", "ftp://x", REPLIPOLL_DEBUG="1")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scenario", "nope"], "known: demo, chaos, empty"),
+        (["--predictions", "3"], "--predictions needs --scenario demo or chaos"),
+    ],
+)
+def test_fake_server_refuses_bad_options_before_listening(
+    args: list[str], message: str, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, out, err = invoke("fake-server", *args)
+    assert code == 2
+    assert message in err
+    assert out == ""
+
+
+def test_poll_with_an_out_file_that_cannot_be_opened_exits_2(
+    tmp_path: Path, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """Checked before anything is polled: exit 2, one line naming the file."""
+    out = tmp_path / "missing-dir" / "results.jsonl"
+    code, _, err = invoke("poll", "abc", "--out", str(out))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"cannot open {out}" in line
+
+
+def test_poll_with_progress_resumes_and_prints_the_summary_table(
+    fake: ServerThread, tmp_path: Path, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """--progress: a rerun says how many ids were already finished, and the
+    summary table goes to standard output when the results go to --out."""
+    first, second = fake.add(2)
+    out = tmp_path / "results.jsonl"
+    code, _, _ = invoke(
+        "poll", first, "-q", "--out", str(out), "--base-url", fake.base_url
+    )
+    assert code == 0
+    code, stdout, stderr = invoke(
+        "poll",
+        first,
+        second,
+        "--progress",
+        "--out",
+        str(out),
+        "--base-url",
+        fake.base_url,
+    )
+    assert code == 0
+    assert f"resuming: 1 of 2 ids already finished in {out}" in stderr
+    assert "succeeded" in stdout
+    assert "429s honoured" in stdout
+    assert {r["id"] for r in lines_of(out)} == {first, second}
+
+
+def test_ctrl_c_during_download_wait_exits_130_quietly(fake: ServerThread) -> None:
+    """download --wait on a long prediction: SIGINT stops it with status 130 and
+    one line, no traceback."""
+    (pid,) = fake.add(1, duration=60)
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "download",
+            pid,
+            "--wait",
+            "--dest",
+            "unused",
+            "--base-url",
+            fake.base_url,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while fake.requests_for(pid) == 0 and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert stderr.decode().splitlines() == ["replipoll: interrupted"]
+    assert stdout == b""
