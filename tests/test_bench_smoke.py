@@ -42,6 +42,13 @@ def test_simulated_polls_match_the_managers_schedule(bench: Loader) -> None:
     assert delay == pytest.approx(0.1)
     # Done before the first answer: one request.
     assert schedule.poll(fixed, 0.0, random.Random(0))[0] == 1
+    # On a 0.2 s grid each poll goes up to 0.2 s later: never more requests,
+    # and the end is seen within one interval plus the grid.
+    rng = random.Random(0)
+    runs = [schedule.poll(fixed, 1.2, rng, coalesce=0.2) for _ in range(200)]
+    assert all(count <= 4 for count, _ in runs)
+    assert all(0 <= delay < 0.5 + 0.2 for _, delay in runs)
+    assert any(count < 4 for count, _ in runs)  # the grid moved some polls
 
 
 def test_quick_schedule_simulation_runs_and_renders(bench: Loader) -> None:
