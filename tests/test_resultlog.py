@@ -120,6 +120,15 @@ def test_records_say_how_each_id_ended() -> None:
     json.dumps(gone)  # JSON-ready
 
 
+def test_an_unexpected_error_is_recorded_by_type_and_message_only() -> None:
+    """An error that is neither an HTTP error nor a timeout (say, from a bug in an
+    on_update callback) still gets a JSON-ready line: its type and message."""
+    record = record_for(PollResult("d", None, RuntimeError("callback broke")))
+    assert record["result"] == "error"
+    assert record["error"] == {"type": "RuntimeError", "message": "callback broke"}
+    json.dumps(record)
+
+
 # -- ids --------------------------------------------------------------------------
 
 
