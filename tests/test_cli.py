@@ -755,6 +755,16 @@ def test_poll_with_an_out_file_that_cannot_be_opened_exits_2(
     assert f"cannot open {out}" in line
 
 
+def test_poll_with_an_out_that_is_not_a_regular_file_exits_2(
+    invoke: Callable[..., tuple[int, str, str]],
+) -> None:
+    """/dev/zero would be read forever while looking for finished ids."""
+    code, _, err = invoke("poll", "abc", "--out", "/dev/zero")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert "cannot open /dev/zero: not a regular file" in line
+
+
 def test_poll_with_progress_resumes_and_prints_the_summary_table(
     fake: ServerThread, tmp_path: Path, invoke: Callable[..., tuple[int, str, str]]
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,18 @@ def test_bar_segments_always_fill_the_width_exactly(
     assert all(n >= 0 for n in cells.values())
     expected = width if sum(counts.values()) > 0 else 0
     assert sum(cells.values()) == expected
+
+
+@pytest.mark.parametrize("kind", ["fifo", "endless device"])
+def test_a_results_file_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    # Resuming reads the file to its end: /dev/zero has none, and a FIFO
+    # would wait for a writer forever.
+    if kind == "fifo":
+        path = tmp_path / "results.jsonl"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    with pytest.raises(OSError, match="not a regular file"):
+        ResultLog(path).open()

@@ -16,8 +16,10 @@ The line format is documented in ``docs/howto/resume-batch.md``::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -176,6 +178,12 @@ class ResultLog:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0)
         fd = os.open(self.path, flags, 0o666)
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                # It is read to the end to resume: /dev/zero never ends, a
+                # FIFO or a terminal waits for a writer.
+                raise OSError(
+                    errno.EINVAL, "not a regular file (it is read back to resume)"
+                )
             _lock(fd)
             with open(fd, "rb", closefd=False) as reader:
                 contents, end = _scan(reader)
