@@ -209,15 +209,6 @@ def _format_timestamp(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def _optional(
-    hook: Callable[[object, object], T],
-) -> Callable[[object, object], T | None]:
-    def structure(value: object, kind: object) -> T | None:
-        return None if value is None else hook(value, kind)
-
-    return structure
-
-
 def _record_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], T]:
     """Structure ``cls`` field by field, keeping unknown keys in ``extra``.
 

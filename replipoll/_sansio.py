@@ -136,8 +136,6 @@ def normalize_base_url(base_url: str) -> str:
             "base_url must be an absolute http:// or https:// URL, "
             "e.g. https://api.replicate.com/v1"
         )
-    if parts.query or parts.fragment:
-        raise ConfigurationError("base_url must not have a query string or fragment")
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(
             "base_url must not contain credentials; pass the key as api_key"
