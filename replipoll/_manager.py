@@ -165,8 +165,8 @@ class PollManager:
         cancel_on_timeout: Also ``POST .../cancel`` an id whose deadline passed.
         coalesce: Seconds. Polls falling due within the same window of this
             length go out together, so the event loop wakes up once for
-            many of them: about a sixth less CPU per request at a thousand
-            requests a second (see :doc:`/benchmarks`). A poll goes at most
+            many of them: 14% less CPU per request in the end-to-end
+            benchmark (see :doc:`/benchmarks`). A poll goes at most
             this much later than the policy says; ``0`` turns it off.
 
     Use it as ``async with``; on exit every poll still running is cancelled
