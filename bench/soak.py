@@ -38,7 +38,7 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
-import replipoll
+import attrs
 from replipoll import (
     Client,
     NotFoundError,
@@ -51,7 +51,7 @@ from replipoll import (
     Timeouts,
 )
 from replipoll._providers import PROVIDERS
-from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault
+from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault, RequestWatch
 
 SCALE = 50
 COMET = PROVIDERS["cometapi"].timeouts
@@ -98,42 +98,11 @@ def menu(n: int) -> list[Fault]:
     ]
 
 
-class Watch:
+class Watch(RequestWatch):
     """aiohttp's view of the client's requests, and what went wrong around them."""
 
-    def __init__(self) -> None:
-        self.open = self.peak = self.started = self.ended = 0
-        self.timeouts = self.early_starts = 0
-        self.timeout_kinds: Counter[str] = Counter()
-        self.budget: replipoll.RateBudget | None = None
-        self.loop_errors: list[dict[str, Any]] = []
-        self.unraisable: list[str] = []
-
-    def trace(self) -> aiohttp.TraceConfig:
-        config = aiohttp.TraceConfig()
-        config.on_request_start.append(self._start)
-        config.on_request_end.append(self._end)
-        config.on_request_exception.append(self._failed)
-        return config
-
-    async def _start(self, *_: object) -> None:
-        if self.budget is not None and self.budget.is_paused(time.monotonic()):
-            self.early_starts += 1
-        self.started += 1
-        self.open += 1
-        self.peak = max(self.peak, self.open)
-
-    async def _end(self, *_: object) -> None:
-        self.ended += 1
-        self.open -= 1
-
-    async def _failed(
-        self, _: object, __: object, params: aiohttp.TraceRequestExceptionParams
-    ) -> None:
-        if isinstance(params.exception, TimeoutError):
-            self.timeouts += 1
-            self.timeout_kinds[type(params.exception).__name__] += 1
-        await self._end()
+    loop_errors: list[dict[str, Any]] = attrs.Factory(list)
+    unraisable: list[str] = attrs.Factory(list)
 
 
 class ErrorLog(logging.Handler):
@@ -208,7 +177,7 @@ async def soak(n: int, seed: int) -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=100)
         async with (
             aiohttp.ClientSession(
-                connector=connector, trace_configs=[watch.trace()]
+                connector=connector, trace_configs=[watch.trace_config()]
             ) as session,
             Client(
                 "cometapi",

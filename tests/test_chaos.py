@@ -48,7 +48,7 @@ from replipoll import (
     Timeouts,
 )
 from replipoll._providers import PROVIDERS
-from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault
+from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault, RequestWatch
 
 #: Real-world seconds per test second.
 SCALE = 50
@@ -147,47 +147,15 @@ def build_scenario(
 
 
 @attrs.define
-class Watch:
-    """Client-side witnesses: requests open (aiohttp's view), loop errors.
+class Watch(RequestWatch):
+    """Client-side witnesses: requests (aiohttp's view), and loop errors.
 
     ``early_starts`` counts requests aiohttp started while the client knew a
     ``Retry-After`` was running (``budget`` paused): the exact client-side
     twin of the server's ``early_requests``, with no grace needed.
     """
 
-    open: int = 0
-    peak: int = 0
-    started: int = 0
-    ended: int = 0
-    timeouts: int = 0
-    early_starts: int = 0
-    budget: replipoll.RateBudget | None = None
     loop_errors: list[dict[str, Any]] = attrs.Factory(list)
-
-    def trace(self) -> aiohttp.TraceConfig:
-        config = aiohttp.TraceConfig()
-        config.on_request_start.append(self._start)
-        config.on_request_end.append(self._end)
-        config.on_request_exception.append(self._failed)
-        return config
-
-    async def _start(self, *_: object) -> None:
-        if self.budget is not None and self.budget.is_paused(time.monotonic()):
-            self.early_starts += 1
-        self.started += 1
-        self.open += 1
-        self.peak = max(self.peak, self.open)
-
-    async def _end(self, *_: object) -> None:
-        self.ended += 1
-        self.open -= 1
-
-    async def _failed(
-        self, _: object, __: object, params: aiohttp.TraceRequestExceptionParams
-    ) -> None:
-        if isinstance(params.exception, TimeoutError):
-            self.timeouts += 1
-        await self._end()
 
 
 def other_tasks() -> set[asyncio.Task[Any]]:
@@ -229,7 +197,7 @@ async def borrowed_session(watch: Watch) -> AsyncIterator[aiohttp.ClientSession]
     """A session whose connector we can inspect; closed, and checked, on exit."""
     connector = aiohttp.TCPConnector(limit=100)
     async with aiohttp.ClientSession(
-        connector=connector, trace_configs=[watch.trace()]
+        connector=connector, trace_configs=[watch.trace_config()]
     ) as session:
         yield session
         assert_no_connection_held(session.connector)

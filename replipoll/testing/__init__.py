@@ -7,7 +7,8 @@ so long, ``processing`` for so long, then an outcome) against a clock you may
 drive by hand, and faults -- rate limits, HTML error pages, resets, truncated
 bodies -- can be queued for the next requests or sprinkled at random with a
 seed.  :attr:`FakeReplicate.stats` counts what clients did (peak concurrency,
-requests made too early after a 429, ...).
+requests made too early after a 429, ...); :class:`RequestWatch` counts the
+same from the client's side, through aiohttp's tracing.
 
 Example:
     >>> import asyncio, aiohttp
@@ -39,6 +40,7 @@ from ._http import PREFIXES, ErrorStyle
 from ._scenarios import SCENARIOS, load_scenario
 from ._server import DEFAULT_API_KEY, FakeReplicate
 from ._stats import FakeClock, RequestRecord, ServerStats
+from ._watch import RequestWatch
 
 __all__ = [
     "ANSWER_FAULTS",
@@ -51,6 +53,7 @@ __all__ = [
     "FakeReplicate",
     "Fault",
     "RequestRecord",
+    "RequestWatch",
     "ServerStats",
     "load_scenario",
     "main",
