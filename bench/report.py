@@ -91,7 +91,11 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
             growth = s["real"][-1]["x_smallest"]
             measured = (
                 f"{growth:.2f}× with aiohttp and the server; the manager alone "
-                f"{stub[-1]['x_smallest']:.2f}×, of which {step}"
+                + (
+                    f"{stub[-1]['x_smallest']:.2f}×, of which {step}"
+                    if _stepped(stub)
+                    else step
+                )
             )
         else:
             growth = stub[-1]["x_smallest"]
@@ -135,10 +139,26 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+#: A step of the manager-alone curve smaller than this is noise, not a step.
+STEP = 1.10
+
+
+def _stepped(stub: list[dict[str, Any]]) -> bool:
+    """Whether the manager-alone curve has one step worth explaining."""
+    ratios = [b["us_per_request"] / a["us_per_request"] for a, b in pairwise(stub)]
+    return max(ratios) >= STEP
+
+
 def _after_step(stub: list[dict[str, Any]]) -> str:
-    """Describe the manager-alone curve: its largest step, and growth after it."""
+    """Describe the manager-alone curve: its largest step and growth after it,
+    or, without a real step, its growth end to end."""
     ratios = [b["us_per_request"] / a["us_per_request"] for a, b in pairwise(stub)]
     i = max(range(len(ratios)), key=ratios.__getitem__)
+    if ratios[i] < STEP:
+        return (
+            f"{stub[-1]['x_smallest']:.2f}× from {stub[0]['ids']:,} to "
+            f"{stub[-1]['ids']:,} ids, no step above {ratios[i]:.2f}×"
+        )
     after = stub[-1]["us_per_request"] / stub[i + 1]["us_per_request"]
     return (
         f"{ratios[i]:.2f}× in one step from {stub[i]['ids']:,} to "
@@ -347,13 +367,21 @@ After one round of warm-up, CPU and requests are read over a window.
 
 {_table(header, cpu_rows)}
 
-The manager alone costs {_after_step(r["stub"])}. A single step rather than
-a steady climb points at the memory hierarchy, not at an algorithm (a heap
-grows by log N): with about {r["memory"][-1]["scheduled_bytes_per_id"]:.0f}
-bytes touched per id, a few thousand ids fit in a core's L2 cache{l2}, and
-ten thousand do not. Behind a real request (the last column) the difference
-is lost in the noise.
+{_scale_story(r, l2)}
 """
+
+
+def _scale_story(r: dict[str, Any], l2: str) -> str:
+    if not _stepped(r["stub"]):
+        return f"""The manager alone costs {_after_step(r["stub"])}: flat within
+the noise of this machine. A heap grows by log N, and nothing else the
+manager does per request depends on how many ids it tracks."""
+    return f"""The manager alone costs {_after_step(r["stub"])}. A single step
+rather than a steady climb points at the memory hierarchy, not at an
+algorithm (a heap grows by log N): with about
+{r["memory"][-1]["scheduled_bytes_per_id"]:.0f} bytes touched per id, a few
+thousand ids fit in a core's L2 cache{l2}, and ten thousand do not. Behind a
+real request (the last column) the difference is lost in the noise."""
 
 
 def _rate(r: dict[str, Any]) -> str:
@@ -592,8 +620,11 @@ its schedule says (section 5 includes it).""")
         parts.append(f"""**Scale.** About {per_id:.0f} bytes of the manager's own per
 tracked id, the largest part the id's `asyncio.Future` and its URL. CPU per
 request does not grow with the ids tracked once a request is involved; the
-manager alone costs {_after_step(sc["stub"])}: the working set leaving the
-L2 cache, not an algorithm (section 3).""")
+manager alone costs {_after_step(sc["stub"])}{
+            ": the working set leaving the L2 cache, not an algorithm"
+            if _stepped(sc["stub"])
+            else ""
+        } (section 3).""")
     if "rate" in results:
         limits = results["rate"]["limits"]
         own = sum(r["client_over_limit"] for r in limits)
@@ -603,17 +634,29 @@ L2 cache, not an algorithm (section 3).""")
             else f"replipoll sent {own} requests over it (see below)"
         )
         worst = min(r["ratio"] for r in limits)
+        full = results["rate"]["burst"]
+        same = sum(r["server_429s"] for r in limits if r["client_burst"] >= full)
+        lower = sum(r["server_429s"] for r in limits if r["client_burst"] < full)
+        slack = (
+            "With a burst below the provider's (half of it here), that slack "
+            "absorbed them: no 429 at all."
+            if lower == 0
+            else "With a burst below the provider's (half of it here) the server "
+            f"counted {lower}: a stall longer than that slack bunches requests "
+            "past it too."
+        )
         parts.append(f"""**Rate budget.** The achieved rate is at least {worst:.1%}
 of the limit, and {sent}. The server still counted a few 429s
-when the manager's burst equalled the server's: at exactly `R` with the same
-burst there is no slack, and a stall of either process on this loaded
-machine bunches requests on the way. A burst below the provider's (half of
-it here) leaves that slack. An earlier budget booked each request a slot
-ahead and let it sleep until then; when the event loop stalled, the overdue
-sleepers woke together and 2 to 6 requests left over the limit at
-500 requests/s. Now a slot is taken when the request leaves: waiters queue
-first-in first-out behind one timer, which wakes as many as may leave at
-that moment, and times the next turn only once they have (see
+({same} in all) when the manager's burst equalled the server's: at exactly
+`R` with the same burst there is no slack, and a stall of either process on
+this loaded machine bunches requests on the way. {slack}
+
+An earlier budget booked each request a slot ahead and let it sleep until
+then; when the event loop stalled, the overdue sleepers woke together and
+2 to 6 requests left over the limit at 500 requests/s. Now a slot is taken
+when the request leaves: waiters queue first-in first-out behind one timer,
+which wakes as many as may leave at that moment, and times the next turn
+only once they have (see
 {{doc}}`/explanation/schedule-and-budget`).""")
     if "schedule" in results:
         parts.append(_schedule_findings(results["schedule"]["simulation"]))

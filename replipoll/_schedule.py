@@ -162,7 +162,7 @@ class RateBudget:
     async def acquire(self) -> float:
         """Wait for a slot, in arrival order; return the seconds waited.
 
-        Reads :func:`time.monotonic`, the clock of asyncio's event loops. One
+        Reads ``time.monotonic()``, the clock of asyncio's event loops. One
         timer serves all waiters. When it fires, it wakes as many waiters at
         the head as may go at that moment (one, or a burst); each takes its
         slot when it runs, that is when its request leaves, and the next
