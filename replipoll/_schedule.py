@@ -216,9 +216,8 @@ class RateBudget:
             self._tat = (now if now > self._tat else self._tat) + 1.0 / self.rate
 
     def _arm(self, delay: float) -> None:
+        # (Only ever called with no timer set: the one timer is _wake's.)
         assert self._loop is not None
-        if self._timer is not None:
-            self._timer.cancel()
         self._timer = self._loop.call_later(delay, self._wake)
 
     def _forget(self, loop: asyncio.AbstractEventLoop) -> None:

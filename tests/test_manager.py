@@ -508,3 +508,54 @@ async def test_a_stalled_loop_does_not_bunch_budgeted_requests(
     times = sorted(r.time for r in fake_replicate.stats.request_log)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert sorted(gaps)[1] >= 1 / rate * 0.8, gaps  # (loopback jitter: one gap)
+
+
+async def test_a_failed_cancel_after_the_deadline_still_ends_the_id(
+    fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    # Every request for it fails: the polls (retried) and the cancel.
+    fake_replicate.add_fault(Fault.server_error(), prediction_id=pid, times=None)
+    retry = RetryPolicy(max_attempts=50, base_delay=0.05, max_delay=0.05)
+    async with (
+        Client(
+            base_url=fake_replicate.base_url(),
+            api_key=fake_replicate.api_key,
+            retry=retry,
+        ) as client,
+        PollManager(
+            client, task_timeout=0.2, cancel_on_timeout=True, policy=QUICK
+        ) as manager,
+    ):
+        (result,) = await manager.poll_many([pid])
+    assert isinstance(result.error, PollTimeout)
+    assert f"could not cancel {pid} after its deadline" in caplog.text
+
+
+async def test_an_id_cancelled_while_queued_is_never_requested(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    ids = fake_replicate.add_predictions(5, duration=0.0)
+    async with PollManager(client, max_concurrency=1) as manager:
+        futures = [manager.submit(pid) for pid in ids]
+        futures[-1].cancel()  # an awaiter gave up before its first poll
+        await asyncio.wait(futures[:-1])
+        await asyncio.sleep(0.05)  # the worker has reached the last id
+        assert manager.stats.tracked == 0
+    assert fake_replicate.stats.requests_per_id[ids[-1]] == 0
+
+
+async def test_an_id_cancelled_while_waiting_for_the_budget_is_never_requested(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    first, second = fake_replicate.add_predictions(2, duration=0.0)
+    async with PollManager(client, rate_limit=5, burst=1) as manager:
+        done = manager.submit(first)
+        waiting = manager.submit(second)
+        await asyncio.sleep(0.05)  # the second waits 0.2 s for its slot
+        assert manager.budget.waiting == 1
+        await manager.cancel(second)
+        await done
+        await asyncio.sleep(0.3)
+    assert waiting.cancelled()
+    assert fake_replicate.stats.requests_per_id[second] == 0

@@ -333,3 +333,37 @@ async def test_after_a_pause_the_burst_goes_at_once_then_the_rate() -> None:
     assert sends[burst - 1] - sends[0] < 0.01  # woken together
     gaps = [b - a for a, b in itertools.pairwise(sends[burst - 1 :])]
     assert min(gaps) >= 1 / rate * 0.9
+
+
+async def test_a_waiter_woken_before_a_new_pause_waits_for_it() -> None:
+    # Two requests let go together after a Retry-After; the first one's
+    # answer is another 429. The second has been woken but not yet sent: it
+    # must wait out the new pause too.
+    budget = RateBudget()
+    budget.pause_until(time.monotonic() + 0.05)
+    sent: dict[str, float] = {}
+
+    async def first() -> None:
+        await budget.acquire()
+        sent["first"] = time.monotonic()
+        budget.pause_until(time.monotonic() + 0.1)  # its answer: 429
+
+    async def second() -> None:
+        await budget.acquire()
+        sent["second"] = time.monotonic()
+
+    await asyncio.gather(first(), second())
+    assert sent["second"] - sent["first"] >= 0.1 * 0.95
+
+
+async def test_a_waiter_cancelled_mid_queue_is_skipped() -> None:
+    budget = RateBudget()
+    budget.pause_until(time.monotonic() + 0.05)
+    tasks = [asyncio.create_task(budget.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert all(isinstance(w, float) and w >= 0.05 * 0.95 for w in done[::2])
+    assert budget.waiting == 0
+    assert budget.try_acquire(time.monotonic())  # nothing left holding a turn
