@@ -247,9 +247,7 @@ class RateBudget:
         Called by the timer, and by the last woken waiter once it has taken
         its slot: no turn is timed while a woken waiter has yet to run.
         """
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer = None  # it is this call, or there was none
         waiters = self._waiters
         while waiters and waiters[0].done():  # its wait was cancelled
             waiters.popleft()
