@@ -4,11 +4,12 @@
     python bench/soak.py --ids 5000      # a quick run
     python bench/soak.py --no-debug      # without asyncio debug mode (faster)
 
-The scenario is ``tests/test_chaos.py``'s at scale, in one process: a
-:class:`~replipoll.testing.FakeReplicate` on ``127.0.0.1`` answers with a
-fault on one request in five, drawn from every class (429 with
-``Retry-After``, 500, 502 HTML, 503 CometAPI envelope, 504, 524, resets,
-truncated JSON and bodies, HTML 200s, answers slower than "45 s" that the
+The scenario is ``tests/test_chaos.py``'s at scale (a
+:class:`~replipoll.testing.ChaosBatch`, without its invalid and duplicate
+ids), in one process: a :class:`~replipoll.testing.FakeReplicate` on
+``127.0.0.1`` answers with a fault on one request in five, drawn from every
+class (429 with ``Retry-After``, 500, 502 HTML, 503 CometAPI envelope, 504,
+524, resets, truncated JSON and bodies, HTML 200s, answers slower than "45 s" that the
 CometAPI timeout allows); one id in 400 has a first answer slower than the
 per-request timeout, another in 400 fails on every request. Predictions end
 in every outcome; one in 100 sits in an undocumented status and is ended by
@@ -30,7 +31,6 @@ import argparse
 import asyncio
 import gc
 import logging
-import random
 import sys
 import time
 import warnings
@@ -51,7 +51,13 @@ from replipoll import (
     Timeouts,
 )
 from replipoll._providers import PROVIDERS
-from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault, RequestWatch
+from replipoll.testing import (
+    ANSWER_FAULTS,
+    ChaosBatch,
+    FakeReplicate,
+    Fault,
+    RequestWatch,
+)
 
 SCALE = 50
 COMET = PROVIDERS["cometapi"].timeouts
@@ -69,18 +75,11 @@ SLOW_BEYOND = 150 / SCALE  # slower than the per-request timeout
 RETRY_AFTER = 0.5
 EARLY_GRACE = 0.25  # see tests/test_chaos.py: requests already on their way
 PREFIX = "/replicate/v1"
-UNDOCUMENTED = "expired_by_gateway"
-OUTCOMES = ("succeeded",) * 12 + ("failed",) * 3 + ("canceled",) * 2 + ("aborted",) * 2
+UNDOCUMENTED = ChaosBatch.UNDOCUMENTED
 POLICY = PollPolicy(min_interval=0.15, age_factor=0.1, max_interval=0.4, jitter=0.2)
 RETRY = RetryPolicy(max_attempts=6, base_delay=0.05, max_delay=0.4, max_retry_after=5)
 MAX_CONCURRENCY = 28
 LATE_CONCURRENCY = 4
-PERMANENT = (
-    Fault.server_error(),
-    Fault.unavailable_comet(),
-    Fault.truncated_json(),
-    Fault.cloudflare_timeout(),
-)
 
 
 def menu(n: int) -> list[Fault]:
@@ -98,6 +97,7 @@ def menu(n: int) -> list[Fault]:
     ]
 
 
+@attrs.define
 class Watch(RequestWatch):
     """aiohttp's view of the client's requests, and what went wrong around them."""
 
@@ -141,7 +141,6 @@ def other_tasks() -> int:
 
 async def soak(n: int, seed: int) -> dict[str, Any]:
     """Run the scenario once; return every figure."""
-    rng = random.Random(seed)
     watch = Watch()
     loop = asyncio.get_running_loop()
     loop.slow_callback_duration = 1.0
@@ -149,29 +148,17 @@ async def soak(n: int, seed: int) -> dict[str, Any]:
     async with FakeReplicate(
         latency=0.005, early_grace=EARLY_GRACE, seed=seed, request_log_size=0
     ) as server:
-        outcomes = [OUTCOMES[i % len(OUTCOMES)] for i in range(n)]
-        rng.shuffle(outcomes)
-        ids = server.add_predictions(
+        chaos = ChaosBatch.script(
+            server,
             n,
-            lambda i: {
-                "queue": round(rng.uniform(0, 0.3), 3),
-                "duration": round(rng.uniform(0, 1.0), 3),
-                "outcome": outcomes[i],
-            },
+            seed=seed,
+            slow_beyond=SLOW_BEYOND,
+            faults=menu(n),
+            invalid_ids=False,
+            duplicates=0,
         )
-        expected = dict(zip(ids, outcomes, strict=True))
-        late_ids = server.add_predictions(max(4, n // 100), outcome=UNDOCUMENTED)
-        succeeded = [pid for pid in ids if expected[pid] == "succeeded"]
-        picked = rng.sample(succeeded, 2 * max(4, n // 400))
-        permanent, beyond = set(picked[::2]), set(picked[1::2])
-        for i, pid in enumerate(sorted(permanent)):
-            server.add_fault(PERMANENT[i % 4], prediction_id=pid, times=None)
-        for pid in beyond:
-            server.add_fault(Fault.slow(SLOW_BEYOND), prediction_id=pid)
-        missing = [f"missing{i:06d}" for i in range(max(2, n // 500))]
-        batch = [*ids, *missing]
-        rng.shuffle(batch)
-        server.set_chaos(0.2, menu(n), seed=seed)
+        batch, late_ids = chaos.batch, chaos.undocumented
+        expected, permanent, missing = chaos.expected, chaos.permanent, chaos.missing
         freeze()
 
         connector = aiohttp.TCPConnector(limit=100)
@@ -274,7 +261,7 @@ async def soak(n: int, seed: int) -> dict[str, Any]:
         "max": MAX_CONCURRENCY + LATE_CONCURRENCY,
         "timeouts": watch.timeouts,
         "timeout_kinds": dict(watch.timeout_kinds),
-        "beyond": len(beyond),
+        "beyond": len(chaos.beyond),
         "requests": requests,
         "requests_per_id": requests / (len(batch) + len(late_ids)),
         "retries": stats.retries + late_stats.retries,

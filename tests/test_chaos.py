@@ -12,7 +12,8 @@ task, connection, unretrieved exception or warning left behind.
 
 Time is scaled: every real-world duration is divided by :data:`SCALE`, so the
 CometAPI preset's 120 s timeout becomes 2.4 s and "an answer slower than 45 s"
-becomes one slower than 0.9 s. ``bench/soak.py`` runs the same scenario at
+becomes one slower than 0.9 s. The batch is a
+:class:`~replipoll.testing.ChaosBatch`; ``bench/soak.py`` runs the same one at
 100,000 ids.
 """
 
@@ -22,7 +23,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import random
 import sys
 import time
 from collections import Counter
@@ -48,7 +48,13 @@ from replipoll import (
     Timeouts,
 )
 from replipoll._providers import PROVIDERS
-from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault, RequestWatch
+from replipoll.testing import (
+    ANSWER_FAULTS,
+    ChaosBatch,
+    FakeReplicate,
+    Fault,
+    RequestWatch,
+)
 
 #: Real-world seconds per test second.
 SCALE = 50
@@ -79,17 +85,9 @@ RETRY_AFTER = 0.5
 EARLY_GRACE = 0.25 if sys.gettrace() is None else 1.0
 
 PREFIX = "/replicate/v1"  # CometAPI's layout and error envelope
-UNDOCUMENTED = "expired_by_gateway"
-OUTCOMES = ("succeeded",) * 12 + ("failed",) * 3 + ("canceled",) * 2 + ("aborted",) * 2
+UNDOCUMENTED = ChaosBatch.UNDOCUMENTED
 POLICY = PollPolicy(min_interval=0.15, age_factor=0.1, max_interval=0.4, jitter=0.2)
 RETRY = RetryPolicy(max_attempts=6, base_delay=0.05, max_delay=0.4, max_retry_after=5)
-#: Permanent faults: these ids exhaust their retries for sure.
-PERMANENT = (
-    Fault.server_error(),
-    Fault.unavailable_comet(),
-    Fault.truncated_json(),
-    Fault.cloudflare_timeout(),
-)
 
 
 def chaos_menu() -> list[Fault]:
@@ -99,51 +97,6 @@ def chaos_menu() -> list[Fault]:
         Fault.rate_limited(RETRY_AFTER),
         Fault.slow(SLOW_WITHIN),
     ]
-
-
-@attrs.define
-class Scenario:
-    """What the server was scripted with, to check results against."""
-
-    ids: list[str]  # the main batch, as submitted (duplicates and bad ids too)
-    expected: dict[str, str]  # server-side outcome of every real id
-    undocumented: list[str]  # stuck in an undocumented status: need a deadline
-    permanent: set[str]  # every request fails
-    beyond: set[str]  # first answer slower than the per-request timeout
-    missing: set[str]
-    invalid: set[str]
-
-
-def build_scenario(
-    server: FakeReplicate, n: int, seed: int, probability: float = 0.2
-) -> Scenario:
-    """Script ``n`` ids of every outcome and arm every fault class."""
-    rng = random.Random(seed)
-    outcomes = [OUTCOMES[i % len(OUTCOMES)] for i in range(n)]
-    rng.shuffle(outcomes)
-    ids = server.add_predictions(
-        n,
-        lambda i: {
-            "queue": round(rng.uniform(0, 0.3), 3),
-            "duration": round(rng.uniform(0, 1.0), 3),
-            "outcome": outcomes[i],
-        },
-    )
-    expected = dict(zip(ids, outcomes, strict=True))
-    undocumented = server.add_predictions(max(4, n // 100), outcome=UNDOCUMENTED)
-    succeeded = [pid for pid in ids if expected[pid] == "succeeded"]
-    picked = rng.sample(succeeded, 2 * max(4, n // 400))
-    permanent, beyond = set(picked[::2]), set(picked[1::2])
-    for i, pid in enumerate(sorted(permanent)):
-        server.add_fault(PERMANENT[i % len(PERMANENT)], prediction_id=pid, times=None)
-    for pid in beyond:
-        server.add_fault(Fault.slow(SLOW_BEYOND), prediction_id=pid)
-    missing = {f"missing{i:04d}" for i in range(max(2, n // 500))}
-    invalid = {"../etc", "a b", "x" * 300}
-    server.set_chaos(probability, chaos_menu(), seed=seed)
-    batch = [*ids, *missing, *invalid, *ids[:5]]  # duplicates get one result each
-    rng.shuffle(batch)
-    return Scenario(batch, expected, undocumented, permanent, beyond, missing, invalid)
 
 
 @attrs.define
@@ -215,7 +168,7 @@ def assert_no_connection_held(connector: aiohttp.BaseConnector | None) -> None:
 class ChaosRun:
     """What one chaos run produced."""
 
-    scenario: Scenario
+    scenario: ChaosBatch
     results: list[PollResult]
     late: list[PollResult]  # the undocumented-status ids, in finishing order
     stats: replipoll.PollStats
@@ -241,7 +194,9 @@ async def run_chaos(
     short one (a deadline from submission would otherwise have to outlast
     the whole batch).
     """
-    scenario = build_scenario(server, n, seed)
+    scenario = ChaosBatch.script(
+        server, n, seed=seed, slow_beyond=SLOW_BEYOND, faults=chaos_menu()
+    )
     async with (
         borrowed_session(watch) as session,
         Client(
@@ -271,7 +226,9 @@ async def run_chaos(
             async def stuck() -> list[PollResult]:
                 return [r async for r in short.as_completed(late_ids)]
 
-            results, late = await asyncio.gather(main.poll_many(scenario.ids), stuck())
+            results, late = await asyncio.gather(
+                main.poll_many(scenario.batch), stuck()
+            )
             stats, late_stats = main.stats, short.stats
         elapsed = time.monotonic() - start
         # The managers are gone: nothing of theirs may be left running.
@@ -294,7 +251,7 @@ async def run_chaos(
 def check_results(run: ChaosRun, retry: RetryPolicy = RETRY) -> Counter[str]:
     """Every id has exactly one result, and it is the right one; return outcomes."""
     s = run.scenario
-    assert [r.id for r in run.results] == s.ids  # one per submitted id, in order
+    assert [r.id for r in run.results] == list(s.batch)  # one per id, in order
     assert Counter(r.id for r in run.late) == Counter(s.undocumented)
     outcomes: Counter[str] = Counter()
     exhausted = 0
@@ -321,7 +278,7 @@ def check_results(run: ChaosRun, retry: RetryPolicy = RETRY) -> Counter[str]:
             outcomes["retries exhausted"] += 1
             exhausted += pid not in s.permanent
     assert outcomes["retries exhausted"] - exhausted == sum(
-        s.ids.count(pid) for pid in s.permanent
+        s.batch.count(pid) for pid in s.permanent
     )
     # At a 20% fault rate, six failures in a row are rare.
     assert exhausted <= max(3, len(s.expected) // 200)
@@ -535,7 +492,11 @@ async def test_task_timeout_fires_during_a_retry_sleep_under_faults() -> None:
     async with watched() as watch, chaos_client(watch, probability=0) as (server, _):
         good = server.add_predictions(60)
         stuck = server.add_predictions(40)
-        permanent = [*PERMANENT, Fault.reset(), Fault.bad_gateway_html()]
+        permanent = [
+            *ChaosBatch.PERMANENT_FAULTS,
+            Fault.reset(),
+            Fault.bad_gateway_html(),
+        ]
         for i, pid in enumerate(stuck):
             server.add_fault(
                 permanent[i % len(permanent)], prediction_id=pid, times=None

@@ -8,7 +8,9 @@ drive by hand, and faults -- rate limits, HTML error pages, resets, truncated
 bodies -- can be queued for the next requests or sprinkled at random with a
 seed.  :attr:`FakeReplicate.stats` counts what clients did (peak concurrency,
 requests made too early after a 429, ...); :class:`RequestWatch` counts the
-same from the client's side, through aiohttp's tracing.
+same from the client's side, through aiohttp's tracing; :class:`ChaosBatch`
+scripts a batch that goes wrong in every way at once, and records what each
+id should end as.
 
 Example:
     >>> import asyncio, aiohttp
@@ -34,6 +36,7 @@ Command line: ``python -m replipoll.testing --scenario demo``.  Pytest: add
 ``fake_replicate`` fixture.
 """
 
+from ._chaos import ChaosBatch
 from ._cli import main, run_server
 from ._faults import ANSWER_FAULTS, CHAOS_FAULTS, Fault
 from ._http import PREFIXES, ErrorStyle
@@ -48,6 +51,7 @@ __all__ = [
     "DEFAULT_API_KEY",
     "PREFIXES",
     "SCENARIOS",
+    "ChaosBatch",
     "ErrorStyle",
     "FakeClock",
     "FakeReplicate",

@@ -33,7 +33,7 @@ from replipoll import (
     Status,
     Timeouts,
 )
-from replipoll.testing import FakeClock, FakeReplicate, Fault, ServerStats
+from replipoll.testing import ChaosBatch, FakeClock, FakeReplicate, Fault, ServerStats
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +201,10 @@ async def a_test() -> None:
         assert_type(stats, ServerStats)
         assert stats.early_requests == 0
         assert stats.requests_per_id[pid] >= 1
+        chaos = ChaosBatch.script(
+            server, 50, seed=2, slow_beyond=1.0, faults=[Fault.reset()], duplicates=0
+        )
+        assert_type(chaos.batch, tuple[str, ...])
+        assert_type(chaos.permanent, frozenset[str])
+        outcome: str = chaos.expected[chaos.batch[0]]
+        assert outcome in ChaosBatch.OUTCOMES
