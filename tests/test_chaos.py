@@ -84,12 +84,6 @@ SLOW_BEYOND = 150 / SCALE
 #: is several times slower, and so is that way.
 RETRY_AFTER = 0.5
 EARLY_GRACE = 0.25 if sys.gettrace() is None else 1.0
-#: Requests the server may still count past that grace when the machine is
-#: busy with other work (2-4 seen with both cores taken): the client started
-#: them before it had read the 429 (``early_starts`` stays 0, exactly), and
-#: they were held up on the way. A client that ignored a pause would send
-#: hundreds in it.
-STRAGGLERS = 5
 
 PREFIX = "/replicate/v1"  # CometAPI's layout and error envelope
 UNDOCUMENTED = ChaosBatch.UNDOCUMENTED
@@ -118,11 +112,21 @@ class Watch(RequestWatch):
     loop_errors: list[dict[str, Any]] = attrs.Factory(list)
 
 
-def assert_nothing_sent_early(watch: Watch, stats: ServerStats) -> None:
-    """No request started during a known Retry-After; none arrived in one,
-    but for a few stragglers already on their way (see STRAGGLERS)."""
+def assert_nothing_sent_early(
+    watch: Watch, stats: ServerStats, max_concurrency: int
+) -> None:
+    """No request started during a known Retry-After, exactly; and at the
+    server, none arrived in one but for stragglers.
+
+    The server's count can still see a few past its grace when this process
+    stalls (a busy machine, a full garbage collection late in the suite: 2 to
+    6 were seen): requests the client had started before it read the 429
+    (``early_starts`` stays 0) and that were held up on the way. They are
+    requests that were open at once, so no more than ``max_concurrency``; a
+    client that ignored a pause would send hundreds in it.
+    """
     assert watch.early_starts == 0
-    assert stats.early_requests <= STRAGGLERS, stats.early_requests
+    assert stats.early_requests <= max_concurrency, stats.early_requests
 
 
 def other_tasks() -> set[asyncio.Task[Any]]:
@@ -332,7 +336,7 @@ async def test_chaos_batch_loses_nothing_and_leaks_nothing(
     assert kinds <= set(stats.faults_injected)
     # No request arrived while a Retry-After ran (beyond the in-flight grace).
     assert stats.faults_injected["rate_limited"] > 0
-    assert_nothing_sent_early(watch, stats)
+    assert_nothing_sent_early(watch, stats, run.max_concurrency)
     # Never more requests open than workers: aiohttp's view and the manager's.
     assert watch.peak <= run.max_concurrency
     assert run.stats.peak_in_flight <= 28
@@ -434,7 +438,7 @@ async def test_a_raising_on_update_ends_only_its_id_under_chaos() -> None:
     assert stats.peak_in_flight >= 6  # requests did overlap
     assert watch.peak <= 12
     assert stats.faults_injected["rate_limited"] > 0
-    assert_nothing_sent_early(watch, stats)
+    assert_nothing_sent_early(watch, stats, 12)
 
 
 async def test_cancelling_the_awaiting_task_mid_chaos_batch_leaves_nothing() -> None:
@@ -555,7 +559,7 @@ async def test_task_timeout_holds_while_a_retry_after_pauses_everything() -> Non
             elapsed = time.monotonic() - start
     assert all(isinstance(r.error, PollTimeout) for r in results)
     assert elapsed < 2.0  # not the 3 s of the pause
-    assert_nothing_sent_early(watch, server.stats)
+    assert_nothing_sent_early(watch, server.stats, 4)
 
 
 async def test_an_id_cancelled_and_resubmitted_mid_request_still_resolves() -> None:
