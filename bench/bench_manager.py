@@ -84,7 +84,7 @@ async def poll_all(
         stats = manager.stats
     return {
         "ids": len(ids),
-        "ok": sum(r.ok for r in results),
+        "ok": sum(r.is_terminal for r in results),
         "cpu": used,
         "wall": wall,
         "requests": stats.requests,

@@ -136,7 +136,7 @@ async def steady(
     async with (
         client,
         replipoll.PollManager(
-            client, rate_limit=rate, burst=10, policy=policy, task_timeout=None
+            client, rate_limit=rate, burst=10, policy=policy, timeout=None
         ) as manager,
     ):
         for pid in ids[:n]:

@@ -181,13 +181,13 @@ async def soak(n: int, seed: int) -> dict[str, Any]:
                 PollManager(
                     client,
                     max_concurrency=MAX_CONCURRENCY,
-                    task_timeout=4 * 3600,
+                    timeout=4 * 3600,
                     policy=POLICY,
                 ) as main,
                 PollManager(
                     client,
                     max_concurrency=LATE_CONCURRENCY,
-                    task_timeout=1.5,
+                    timeout=1.5,
                     policy=POLICY,
                 ) as short,
             ):

@@ -42,10 +42,9 @@ from ._models import (
     Status,
 )
 from ._providers import PROVIDERS, Provider, Timeouts
-from ._retry import RetryPolicy
+from ._retry import Retrying, RetryPolicy
 from ._schedule import PollPolicy, RateBudget
-
-__version__ = "0.1.0"
+from ._version import VERSION as __version__
 
 __all__ = [
     "PROVIDERS",
@@ -78,6 +77,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "RetryPolicy",
+    "Retrying",
     "SavedFile",
     "ServerError",
     "Status",
@@ -86,3 +86,11 @@ __all__ = [
     "__version__",
     "save_outputs",
 ]
+
+# Tracebacks and reprs say replipoll.NotFoundError, not where it is defined
+# (pickle finds every one of them here too).
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or callable(_obj):
+        _obj.__module__ = __name__
+del _name, _obj

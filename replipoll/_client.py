@@ -1,53 +1,53 @@
-"""The aiohttp layer: one session, one request at a time, retries around it.
+"""The client: one API key, one base URL, one transport; single calls and waits.
 
-Everything that can be decided without I/O is in :mod:`replipoll._sansio`
-(URLs, error mapping, decoding) and :mod:`replipoll._retry` (what to retry).
+Requests go out through :class:`~replipoll._transport.Transport` (the one
+aiohttp layer); retries through :func:`~replipoll._retry.call_with_retries`
+(the one retry engine); the budget is a :class:`RateBudget`. The
+:class:`~replipoll.PollManager` shares the client's transport through one
+narrow private method, :meth:`Client._exchange`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import os
 import time
-from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import Final, Self
 
 import aiohttp
-import backoff
 
 from ._errors import (
-    ClientClosedError,
     ConfigurationError,
-    ConnectError,
-    DecodeError,
     MissingAPIKeyError,
+    PollTimeout,
     RateLimitedError,
-    RequestError,
     RequestTimeoutError,
-    TransportError,
 )
+from ._models import Prediction
+from ._options import check_at_least, check_positive
 from ._providers import Provider, Timeouts, get_provider
-from ._retry import RetryPolicy
-from ._sansio import (
-    decode_prediction,
-    error_for_response,
-    normalize_base_url,
-    prediction_url,
-    validate_prediction_id,
-)
-from ._schedule import RateBudget
+from ._retry import RetryPolicy, call_with_retries
+from ._sansio import ApiRequest, normalize_base_url
+from ._schedule import PollPolicy, RateBudget
+from ._transport import Transport
+from ._version import VERSION
 
-if TYPE_CHECKING:
-    from ._models import Prediction
-    from ._schedule import PollPolicy
+__all__ = ["DEFAULT_TIMEOUT", "Client"]
 
-__all__ = ["Client"]
+#: Seconds one prediction may take to become terminal, by default, in
+#: :meth:`Client.wait` and :class:`~replipoll.PollManager` alike: Replicate
+#: stops a prediction after 30 minutes of running, and it may queue first.
+DEFAULT_TIMEOUT: Final = 3600.0
 
-logger: Final = logging.getLogger("replipoll")
 
-USER_AGENT: Final = "replipoll/0.1.0"
+def _require(owner: str, option: str, value: object, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise ConfigurationError(
+            f"{owner}: {option} must be a {kind.__name__}, got {type(value).__name__}",
+            option=option,
+        )
 
 
 class Client:
@@ -60,7 +60,8 @@ class Client:
         api_key: The key; if ``None``, read from the provider's environment
             variable (``REPLICATE_API_TOKEN``, ``DEERAPI_KEY``, ``COMETAPI_KEY``).
         base_url: Any compatible base URL (``.../v1``, a gateway's
-            ``.../replicate/v1``); overrides the provider's.
+            ``.../replicate/v1``); overrides the provider's. The key is sent
+            to this URL's host only.
         session: An :class:`aiohttp.ClientSession` to borrow; it is never
             closed by the client. By default the client owns one.
         timeouts: Per-request timeouts; the provider's by default
@@ -71,9 +72,13 @@ class Client:
         burst: Requests that may go at once under ``rate_limit``.
         max_connections: Size of the owned session's connection pool.
 
+    The options are read-only afterwards: to change one, make another
+    client (they may share a borrowed session).
+
     Raises:
         MissingAPIKeyError: no key given and the environment variable is unset.
-        ConfigurationError: unknown provider, bad base URL or an unusable key.
+        ConfigurationError: an unknown provider, a bad base URL, an unusable
+            key or a bad option; ``option`` names it.
 
     Example:
         >>> import asyncio, replipoll
@@ -89,21 +94,7 @@ class Client:
         'hello'
     """
 
-    __slots__ = (
-        "_closed",
-        "_headers",
-        "_owns_session",
-        "_redact",
-        "_retry_attempts",
-        "_session",
-        "_timeout",
-        "base_url",
-        "budget",
-        "max_connections",
-        "provider",
-        "retry",
-        "timeouts",
-    )
+    __slots__ = ("_budget", "_provider", "_retry", "_timeouts", "_transport")
 
     def __init__(
         self,
@@ -119,62 +110,45 @@ class Client:
         max_connections: int = 100,
     ) -> None:
         preset = get_provider(provider)
-        self.provider: str = preset.name
-        #: The resolved base URL, without a trailing slash.
-        self.base_url: str = normalize_base_url(
-            base_url if base_url is not None else preset.base_url
-        )
+        base = normalize_base_url(base_url if base_url is not None else preset.base_url)
+        if session is not None:
+            _require("Client", "session", session, aiohttp.ClientSession)
+        if timeouts is not None:
+            _require("Client", "timeouts", timeouts, Timeouts)
+        if retry is not None:
+            _require("Client", "retry", retry, RetryPolicy)
+        check_positive("Client", "rate_limit", rate_limit, none=True)
+        check_at_least("Client", "burst", burst, 1)
+        check_at_least("Client", "max_connections", max_connections, 1)
         key = api_key if api_key is not None else os.environ.get(preset.env_var, "")
-        if not key.strip():
+        if not isinstance(key, str) or not key.strip():
             raise MissingAPIKeyError(preset.env_var)
+        key = key.strip()
         if any(ch in key for ch in "\r\n\0") or not key.isprintable():
-            raise ConfigurationError("the API key contains unprintable characters")
-        # A gateway's error page may quote the request back; errors carry
-        # the provider's message, so the key is cut out of it (a key too
-        # short to be a real one would mangle messages instead).
-        self._redact = key.strip() if len(key.strip()) >= 8 else None
-        self._headers: Mapping[str, str] = {
-            "Authorization": f"Bearer {key.strip()}",
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        }
-        self.timeouts: Timeouts = timeouts if timeouts is not None else preset.timeouts
-        self._timeout = aiohttp.ClientTimeout(
-            total=self.timeouts.total,
-            sock_connect=self.timeouts.connect,
-            sock_read=self.timeouts.read,
+            raise ConfigurationError(
+                "the API key contains unprintable characters", option="api_key"
+            )
+        self._provider = preset.name
+        self._timeouts = timeouts if timeouts is not None else preset.timeouts
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._budget = RateBudget(rate=rate_limit, burst=burst)
+        self._transport = Transport.for_api(
+            base,
+            key,
+            user_agent=f"replipoll/{VERSION}",
+            session=session,
+            max_connections=max_connections,
         )
-        self.retry: RetryPolicy = retry if retry is not None else RetryPolicy()
-        #: Shared by every request of this client; paused by ``Retry-After``.
-        self.budget: RateBudget = RateBudget(rate=rate_limit, burst=burst)
-        self.max_connections = max_connections
-        self._session = session
-        self._owns_session = session is None
-        self._closed = False
-        # Attempts 2..max_attempts run under backoff; the first goes straight
-        # out (see _call), so a request that succeeds pays nothing for them.
-        self._retry_attempts = backoff.on_exception(
-            self.retry.wait_gen,
-            RequestError,
-            max_tries=self.retry.max_attempts - 1,
-            giveup=lambda exc: not self.retry.is_retryable(exc),
-            jitter=None,
-            on_backoff=_log_retry,
-            on_giveup=_record_attempts,
-            raise_on_giveup=True,
-            logger=None,  # replipoll logs its own retries, without noise
-            first_attempt=2,
-        )(self.request_once)
 
     def __repr__(self) -> str:
         # The key is never shown, not even a prefix of it.
         return (
-            f"Client(provider={self.provider!r}, base_url={self.base_url!r}, "
+            f"Client(provider={self._provider!r}, base_url={self.base_url!r}, "
             f"api_key=<hidden>)"
         )
 
     async def __aenter__(self) -> Self:
-        self._ensure_session()
+        self._transport.session()
         return self
 
     async def __aexit__(
@@ -190,29 +164,41 @@ class Client:
 
         Requests made after this raise :class:`ClientClosedError`.
         """
-        self._closed = True
-        session, self._session = self._session, None
-        if session is not None and self._owns_session and not session.closed:
-            await session.close()
+        await self._transport.close()
+
+    # -- read-only options ---------------------------------------------------
+
+    @property
+    def provider(self) -> str:
+        """The preset's name (``"replicate"``, ``"cometapi"``...)."""
+        return self._provider
+
+    @property
+    def base_url(self) -> str:
+        """The resolved base URL, without a trailing slash."""
+        return self._transport.base_url
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The per-request timeouts."""
+        return self._timeouts
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy of :meth:`get`, :meth:`cancel` and :meth:`wait`."""
+        return self._retry
+
+    @property
+    def budget(self) -> RateBudget:
+        """The request budget of this key; paused by ``Retry-After``."""
+        return self._budget
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self._closed
+        return self._transport.closed
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            if self._closed:
-                raise ClientClosedError
-            if not self._owns_session:
-                raise ConfigurationError("the borrowed aiohttp session is closed")
-            session = self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self.max_connections, ttl_dns_cache=300
-                ),
-            )
-        return session
+    # -- calls -----------------------------------------------------------------
 
     async def get(self, prediction_id: str) -> Prediction:
         """Fetch a prediction: ``GET {base_url}/predictions/{id}``, with retries.
@@ -222,8 +208,10 @@ class Client:
             RequestError: a subclass saying what failed, after retries where
                 the failure was worth retrying (``attempts`` says how many).
         """
-        url = prediction_url(self.base_url, validate_prediction_id(prediction_id))
-        return await self._call("GET", url)
+        request = ApiRequest.for_prediction("GET", prediction_id)
+        return await call_with_retries(
+            functools.partial(self._attempt, request), self._retry, what=prediction_id
+        )
 
     async def cancel(self, prediction_id: str) -> Prediction:
         """Cancel a prediction: ``POST {base_url}/predictions/{id}/cancel``.
@@ -231,162 +219,104 @@ class Client:
         Replicate answers with the prediction; the gateways do not document
         this endpoint and may answer 404 (:class:`NotFoundError`).
         """
-        pid = validate_prediction_id(prediction_id)
-        url = prediction_url(self.base_url, pid, "cancel")
-        return await self._call("POST", url)
+        request = ApiRequest.for_prediction("POST", prediction_id, "cancel")
+        return await call_with_retries(
+            functools.partial(self._attempt, request), self._retry, what=prediction_id
+        )
 
     async def wait(
         self,
         prediction_id: str,
         *,
-        timeout: float | None = 1800.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         policy: PollPolicy | None = None,
     ) -> Prediction:
         """Poll one prediction until it is terminal and return the record.
 
-        Built on the same scheduler as :class:`PollManager`.
+        Polls on ``policy``'s schedule (the same as :class:`PollManager`'s),
+        each poll retried like :meth:`get`. To wait for many predictions,
+        use a :class:`PollManager`: one shared budget, few requests in flight.
+
+        Args:
+            timeout: Seconds the prediction may take to become terminal;
+                ``None`` waits for ever.
+            policy: The poll schedule; :class:`PollPolicy` by default.
 
         Raises:
             PollTimeout: not terminal within ``timeout`` seconds; carries the
                 last record seen.
-            RequestError: polling failed for good (not found, bad key, retries
-                exhausted).
+            RequestError: polling failed for good (not found, bad key,
+                retries exhausted).
         """
-        from ._manager import PollManager
-
-        async with PollManager(
-            self, max_concurrency=1, task_timeout=timeout, policy=policy
-        ) as manager:
-            return await manager.submit(prediction_id)
-
-    async def _call(self, method: str, url: str) -> Prediction:
+        check_positive("Client.wait", "timeout", timeout, none=True)
+        request = ApiRequest.for_prediction("GET", prediction_id)
+        schedule = policy if policy is not None else PollPolicy()
+        attempt = functools.partial(self._attempt, request)
+        started = time.monotonic()
+        last: Prediction | None = None
         try:
-            return await self.request_once(method, url)
-        except RequestError as error:
-            if not self.retry.should_retry(error, 1):
-                raise
-            wait = self.retry.delay(error, 1)
-            _log_retry({"exception": error, "tries": 0, "wait": wait})
-        await asyncio.sleep(wait)
-        return await self._retry_attempts(method, url)
+            async with asyncio.timeout(timeout):
+                while True:
+                    last = await call_with_retries(
+                        attempt, self._retry, what=prediction_id
+                    )
+                    if last.is_terminal:
+                        return last
+                    await asyncio.sleep(schedule.next_delay(time.monotonic() - started))
+        except TimeoutError:
+            # Only asyncio.timeout raises a bare TimeoutError here: the
+            # transport turns its own timeouts into RequestTimeoutError.
+            assert timeout is not None
+            failure = PollTimeout(prediction_id, timeout, last)
+        raise failure
 
-    async def request_once(
-        self, method: str, url: str, budget: RateBudget | None = None
+    # -- the way out -----------------------------------------------------------
+
+    async def _attempt(self, request: ApiRequest, within: float | None) -> Prediction:
+        """One attempt of :meth:`get`: this client's budget, then the request."""
+        budget = self._budget
+        if not budget.try_acquire(time.monotonic()):  # no await when a slot is free
+            if within is None:
+                await budget.acquire()
+            else:
+                started = time.monotonic()
+                try:
+                    async with asyncio.timeout(within):
+                        await budget.acquire()
+                except TimeoutError:
+                    failure = RequestTimeoutError(
+                        "the retry policy's timeout passed while waiting for "
+                        "the rate budget",
+                        method=request.method,
+                        url=f"{self.base_url}/{request.path}",
+                    )
+                    raise failure from None
+                within -= time.monotonic() - started
+        return await self._exchange(request, budget, within, self._retry)
+
+    async def _exchange(
+        self,
+        request: ApiRequest,
+        budget: RateBudget,
+        within: float | None,
+        retry: RetryPolicy,
     ) -> Prediction:
-        """Send one request, no retries, and decode the answer into a record.
+        """Send one request now (the caller took its budget slot); no retries.
 
-        This is the building block under :meth:`get` and the
-        :class:`PollManager`; most code wants those instead.
-
-        Args:
-            method: ``"GET"`` or ``"POST"``.
-            url: The full URL, built from :attr:`base_url`.
-            budget: The request budget to spend; this client's by default.
+        The interface the :class:`~replipoll.PollManager` polls through. A
+        ``Retry-After`` that ``retry`` honours pauses ``budget`` and this
+        client's own (the limit is per key).
 
         Raises:
             RequestError: a subclass saying what failed; ``attempts`` is 1.
         """
-        budget = self.budget if budget is None else budget
-        if not budget.try_acquire(time.monotonic()):  # no await when a slot is free
-            await budget.acquire()
-        return await self.send(method, url, budget)
-
-    async def send(self, method: str, url: str, budget: RateBudget) -> Prediction:
-        """Send one request now, without waiting on a budget; see :meth:`request_once`.
-
-        A 429 with a ``Retry-After`` pauses ``budget`` and this client's own.
-        """
-        session = self._ensure_session()
-        failure: RequestError | None = None
         try:
-            # Never follow a redirect: it would send the request (the key
-            # too, on the same host) to a path nobody configured, and turn a
-            # POST .../cancel into a GET. A 3xx is a BadRequestError instead.
-            async with session.request(
-                method,
-                url,
-                headers=self._headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as response:
-                body = await response.read()
-                status = response.status
-                headers = response.headers
-                reason = response.reason or ""
-        except TimeoutError:
-            failure = RequestTimeoutError(
-                f"no answer within {self.timeouts.total}s", method=method, url=url
-            )
-        except aiohttp.ClientPayloadError as exc:
-            failure = ConnectError(
-                f"answer cut off: {type(exc).__name__}", method=method, url=url
-            )
-        except aiohttp.ClientConnectionError as exc:
-            failure = ConnectError(
-                f"connection failed: {_describe(exc)}", method=method, url=url
-            )
-        except aiohttp.ClientError as exc:
-            failure = TransportError(
-                f"request failed: {_describe(exc)}", method=method, url=url
-            )
-        if failure is not None:
-            # Raised here, not in the handler: "from None" would still keep
-            # aiohttp's exception as __context__, and some of them (every
-            # ClientResponseError) hold the request's headers, API key included.
-            raise self._redacted(failure)
-        if 200 <= status < 300:
-            try:
-                return decode_prediction(status, headers, body, method=method, url=url)
-            except DecodeError as exc:
-                raise self._redacted(exc) from None
-        error = error_for_response(
-            status,
-            headers,
-            body,
-            now=time.time(),
-            method=method,
-            url=url,
-            reason=reason,
-        )
-        if isinstance(error, RateLimitedError) and error.retry_after is not None:
-            until = time.monotonic() + min(
-                error.retry_after, self.retry.max_retry_after
-            )
-            budget.pause_until(until)
-            if budget is not self.budget:
-                self.budget.pause_until(until)  # the limit is per key
-        raise self._redacted(error)
-
-    def _redacted(self, error: RequestError) -> RequestError:
-        """Cut this client's key out of the provider's words in ``error``."""
-        key = self._redact
-        if key is None:
-            return error
-        if key in error.message:
-            error.message = error.message.replace(key, "<redacted>")
-            error.args = (error.message,)
-        if error.request_id is not None and key in error.request_id:
-            error.request_id = error.request_id.replace(key, "<redacted>")
-        return error
-
-
-def _describe(exc: BaseException) -> str:
-    # aiohttp's messages name host and port only; never headers.
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 200 else text[:199] + "…"
-
-
-# backoff counts the attempts it ran; the first attempt ran before it.
-def _log_retry(details: Any) -> None:
-    logger.warning(
-        "retrying in %.2fs after attempt %d failed: %s",
-        details["wait"],
-        details["tries"] + 1,
-        details["exception"],
-    )
-
-
-def _record_attempts(details: Any) -> None:
-    error = details["exception"]
-    if isinstance(error, RequestError):
-        error.attempts = details["tries"] + 1
+            return await self._transport.api(request, self._timeouts, within=within)
+        except RateLimitedError as error:
+            after = error.retry_after
+            if after is not None and after <= retry.max_retry_after:
+                until = time.monotonic() + after
+                budget.pause_until(until)
+                if budget is not self._budget:
+                    self._budget.pause_until(until)
+            raise

@@ -1,4 +1,10 @@
-"""The one cattrs converter, and turning JSON into records.
+"""The cattrs machinery that turns JSON into records; it knows no record.
+
+:func:`make_converter` builds the one converter (called once, by
+:mod:`replipoll._models`, with the record classes) and :func:`structure`
+runs it, turning a field that does not fit into a :class:`DecodeError` that
+names it. Nothing here imports the records, so the records can use it
+without an import cycle.
 
 Decoding is strict about types (a ``status`` that is an object is an error, a
 ``data_removed`` of ``"false"`` is not silently ``True``) and lenient about
@@ -8,7 +14,9 @@ unknown status strings are kept as strings).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import enum
+import json
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -17,11 +25,13 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._errors import DecodeError
-from ._models import Prediction, PredictionMetrics, PredictionUrls, Status
 
-__all__ = ["converter", "parse_timestamp", "structure_prediction"]
+__all__ = ["make_converter", "parse_timestamp", "structure"]
 
 T = TypeVar("T")
+
+#: The longest message a DecodeError carries.
+_MAX_MESSAGE: Final = 300
 
 
 class _FieldError(Exception):
@@ -83,19 +93,22 @@ def _integer(value: object, _: object) -> int:
     raise TypeError(f"expected an integer, got {_json_type(value)}")
 
 
-def _error_text(value: object, _: object) -> str:
-    # Documented as a string; keep anything else readable rather than fail.
+def error_text(value: object, _: object) -> str:
+    """A field documented as a string: anything else is kept as JSON text."""
     if type(value) is str:
         return value
-    import json
-
     return json.dumps(value, ensure_ascii=False)
 
 
-def _status(value: object, _: object) -> Status | str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a status string, got {_json_type(value)}")
-    return _STATUSES.get(value, str(value))
+def _status_hook(statuses: type[enum.StrEnum]) -> Callable[[object, object], Any]:
+    known: Final = {s.value: s for s in statuses}
+
+    def status(value: object, _: object) -> Any:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a status string, got {_json_type(value)}")
+        return known.get(value, str(value))
+
+    return status
 
 
 def _mapping(value: object, _: object) -> Mapping[str, Any]:
@@ -125,22 +138,32 @@ def _json_type(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
-_STATUSES: Final = {s.value: s for s in Status}
-
-#: Fields decoded by a hook of their own rather than by their type's.
-_FIELD_OVERRIDES: Final[dict[tuple[type, str], Callable[[Any, Any], Any]]] = {
-    (Prediction, "error"): _error_text,
-}
+#: Field hooks for one record class, by field name.
+FieldHooks = Mapping[str, Callable[[Any, Any], Any]]
 
 
-#: Structure hooks registered below that ignore their type argument: a field
-#: hook calls them directly, without a closure that passes the type along
-#: (decoding runs once per request; a call saved per field adds up).
-_TYPE_BLIND: Final[set[Callable[[Any, Any], Any]]] = set()
+def make_converter(
+    records: Iterable[type],
+    *,
+    statuses: type[enum.StrEnum],
+    field_hooks: Mapping[type, FieldHooks] | None = None,
+) -> cattrs.Converter:
+    """Build the converter for ``records`` (attrs classes, innermost first).
 
-
-def _make_converter() -> cattrs.Converter:
+    Args:
+        records: The record classes; each may have an ``extra`` field that
+            receives the keys it does not know.
+        statuses: The enum of documented statuses; a field typed
+            ``statuses | str`` keeps an undocumented status as a plain string.
+        field_hooks: Fields decoded by a hook of their own rather than by
+            their type's, e.g. ``{Prediction: {"error": error_text}}``.
+    """
     conv = cattrs.Converter(detailed_validation=False)
+    # Hooks that ignore their type argument: a field hook calls them
+    # directly, without a closure passing the type along (decoding runs once
+    # per request; a call saved per field adds up).
+    blind: set[Callable[[Any, Any], Any]] = set()
+    status = _status_hook(statuses)
     hooks: list[tuple[Any, Callable[[Any, Any], Any]]] = [
         (str, _strict(str, "a string")),
         (bool, _strict(bool, "a boolean")),
@@ -150,16 +173,20 @@ def _make_converter() -> cattrs.Converter:
     ]
     for kind, hook in hooks:
         conv.register_structure_hook(kind, hook)
-        _TYPE_BLIND.add(hook)
-    conv.register_structure_hook_func(lambda t: t == Status | str, _status)
+        blind.add(hook)
+    status_type = statuses | str
+    conv.register_structure_hook_func(lambda t: t == status_type, status)
     conv.register_structure_hook_func(lambda t: t == Mapping[str, Any], _mapping)
-    _TYPE_BLIND.update((_status, _mapping))
+    blind.update((status, _mapping))
     conv.register_unstructure_hook(datetime, _format_timestamp)
-    conv.register_unstructure_hook(Status, lambda s: s.value)
-    for cls in (PredictionUrls, PredictionMetrics, Prediction):
-        record_hook = _record_hook(conv, cls)
+    conv.register_unstructure_hook(statuses, lambda s: s.value)
+    overrides = field_hooks or {}
+    for cls in records:
+        record_hook: Callable[[object, object], Any] = _record_hook(
+            conv, cls, overrides.get(cls, {}), blind, status_type
+        )
         conv.register_structure_hook(cls, record_hook)
-        _TYPE_BLIND.add(record_hook)
+        blind.add(record_hook)
         conv.register_unstructure_hook(cls, _record_unhook(conv, cls))
     return conv
 
@@ -209,7 +236,13 @@ def _format_timestamp(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def _record_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, object], T]:
+def _record_hook(
+    conv: cattrs.Converter,
+    cls: type[T],
+    overrides: FieldHooks,
+    blind: set[Callable[[Any, Any], Any]],
+    status_type: object,
+) -> Callable[[object, object], T]:
     """Structure ``cls`` field by field, keeping unknown keys in ``extra``.
 
     ``null`` for any field means "not given", so the field's default applies;
@@ -219,11 +252,11 @@ def _record_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, obje
     fields = [f for f in attrs.fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
     required = [f.name for f in fields if f.default is attrs.NOTHING]
     hooks = {
-        f.name: _FIELD_OVERRIDES.get((cls, f.name)) or _field_hook(conv, f)
+        f.name: overrides.get(f.name) or _field_hook(conv, f, blind, status_type)
         for f in fields
     }
 
-    def structure(data: object, _: object) -> T:
+    def structure_record(data: object, _: object) -> T:
         if type(data) is not dict:
             raise _FieldError("", f"expected an object, got {_json_type(data)}")
         for name in required:
@@ -247,60 +280,72 @@ def _record_hook(conv: cattrs.Converter, cls: type[T]) -> Callable[[object, obje
             raise _FieldError(key, str(exc)) from None
         except RecursionError:
             # Nesting json.loads accepted can still be too deep a few frames
-            # further down (json.dumps in _error_text): a bad field, no crash.
+            # further down (json.dumps in error_text): a bad field, no crash.
             raise _FieldError(key, "nested too deeply") from None
         if extra:
             kwargs["extra"] = extra
         return cls(**kwargs)
 
-    return structure
+    return structure_record
 
 
 def _field_hook(
-    conv: cattrs.Converter, field: attrs.Attribute[Any]
+    conv: cattrs.Converter,
+    field: attrs.Attribute[Any],
+    blind: set[Callable[[Any, Any], Any]],
+    status_type: object,
 ) -> Callable[[Any, Any], Any]:
     kind = field.type
     if kind is Any:
         return _any
     # "X | None" fields: None never reaches the hook (it means "absent").
     args = getattr(kind, "__args__", ())
-    if type(None) in args and kind != (Status | str):
+    if type(None) in args and kind != status_type:
         non_null = [a for a in args if a is not type(None)]
         if len(non_null) == 1:
             kind = non_null[0]
     handler = conv.get_structure_hook(kind)
-    if handler in _TYPE_BLIND:
+    if handler in blind:
         return handler
     return lambda value, _: handler(value, kind)
 
 
-#: The converter every record in replipoll is structured with.
-converter: Final[cattrs.Converter] = _make_converter()
-_structure_prediction: Final = converter.get_structure_hook(Prediction)
-
-
-def structure_prediction(
+def structure(
+    hook: Callable[[object, object], T],
     data: object,
     *,
     status: int | None = None,
     request_id: str | None = None,
     url: str = "",
     method: str = "GET",
-) -> Prediction:
-    """Structure a decoded JSON body into a :class:`Prediction`.
+    redact: Callable[[str], str] | None = None,
+) -> T:
+    """Run a record's structure ``hook`` (from :func:`make_converter`) on ``data``.
+
+    The keyword arguments describe the answer the data came from; they are
+    carried by the error. ``redact`` cleans the error's message (which may
+    quote the server's words) before it is shortened.
 
     Raises:
         DecodeError: with ``field`` set to the dotted path that failed.
     """
     try:
-        return _structure_prediction(data, Prediction)  # type: ignore[no-any-return]
+        return hook(data, None)
     except _FieldError as exc:
-        where = f"field {exc.field!r}" if exc.field else "body"
-        raise DecodeError(
-            f"not a prediction: {where}: {exc}",
-            field=exc.field,
-            status=status,
-            request_id=request_id,
-            url=url,
-            method=method,
-        ) from None
+        failure = exc
+    # Raised here, not in the handler: the _FieldError would stay attached
+    # as __context__, and its text may quote the body.
+    where = f"field {failure.field!r}" if failure.field else "body"
+    message = f"not a prediction: {where}: {failure}"
+    if redact is not None:
+        message = redact(message)
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 1] + "…"
+    raise DecodeError(
+        message,
+        field=failure.field,
+        status=status,
+        request_id=request_id,
+        url=url,
+        method=method,
+    )

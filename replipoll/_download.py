@@ -4,9 +4,10 @@ Output URLs are delivery URLs that expire (about an hour on Replicate), so a
 batch that wants to keep its results must copy them. :func:`save_outputs` does
 that concurrently, streaming each file in chunks, atomically (a temporary file
 in the same directory, then :func:`os.replace`), skipping files already saved
-and retrying transient failures with the same :class:`~replipoll.RetryPolicy`
-as API requests. Output URLs are fetched *without* the API key: they are
-public, and the key must never reach another host.
+and retrying transient failures with the same retry engine and
+:class:`~replipoll.RetryPolicy` as API requests. Output URLs are fetched
+through a transport that has no key: they are public, and the key must never
+reach another host.
 
 File naming is pure and deterministic (:func:`output_names`), so a rerun maps
 every URL to the same path and skips what is already there.
@@ -16,47 +17,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import functools
 import os
 import posixpath
 import re
 import secrets
-import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import attrs
-import backoff
 
-from ._errors import (
-    ConfigurationError,
-    ConnectError,
-    DownloadError,
-    RequestError,
-    RequestTimeoutError,
-)
+from ._errors import ConfigurationError, DownloadError, RequestError
 from ._models import Prediction
-from ._retry import RetryPolicy
-from ._sansio import error_for_response
+from ._options import check_at_least
+from ._providers import Timeouts
+from ._retry import RetryPolicy, call_with_retries
+from ._transport import Transport
 
 __all__ = ["DownloadReport", "SavedFile", "output_names", "save_outputs"]
 
-logger: Final = logging.getLogger("replipoll")
-
-#: Bytes asked of the socket at a time, and bytes buffered before a disk write.
-CHUNK_SIZE: Final = 64 * 1024
+#: Bytes buffered before a disk write.
 FLUSH_SIZE: Final = 1024 * 1024
 #: The longest file name produced (most file systems allow 255 bytes).
 MAX_NAME_LENGTH: Final = 120
 #: Per-request timeouts for downloads: a big file may take long in total, but
 #: a connection that goes silent for a minute is dead.
-DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(
-    total=None, sock_connect=10, sock_read=60
-)
+DEFAULT_TIMEOUTS: Final = Timeouts(total=None, connect=10.0, read=60.0)
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _RESERVED: Final = frozenset(
@@ -191,7 +181,11 @@ def _unique(urls: Iterable[str]) -> list[str]:
 
 
 class _PartFile:
-    """A temporary file beside the target, renamed over it once complete."""
+    """A temporary file beside the target, renamed over it once complete.
+
+    Writes are buffered and done in a worker thread, so the event loop never
+    waits for the disk.
+    """
 
     def __init__(self, target: Path) -> None:
         self.target = target
@@ -207,21 +201,27 @@ class _PartFile:
             break
         self.path = path
         self._file = os.fdopen(fd, "wb")
-        self.size = 0
+        self._buffer = bytearray()
 
-    def write(self, data: bytes | bytearray) -> None:
-        self._file.write(data)
-        self.size += len(data)
+    async def write(self, chunk: bytes) -> None:
+        """Buffer ``chunk``; write the buffer out once it is large."""
+        self._buffer += chunk
+        if len(self._buffer) >= FLUSH_SIZE:
+            await asyncio.to_thread(self._file.write, self._buffer)
+            self._buffer = bytearray()
 
-    def sync(self) -> None:
-        """Flush to disk (slow: run it in a thread)."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def commit(self) -> None:
-        """Close and rename over the target (quick; no await in between)."""
+    async def finish(self) -> None:
+        """Write the rest, flush to disk, and rename over the target."""
+        await asyncio.to_thread(self._sync)
+        # Quick, and with no await in between: the file is in place or not.
         self._file.close()
         os.replace(self.path, self.target)
+
+    def _sync(self) -> None:
+        self._file.write(self._buffer)
+        self._buffer = bytearray()
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def discard(self) -> None:
         """Close and delete; never raises."""
@@ -231,97 +231,21 @@ class _PartFile:
             self.path.unlink()
 
 
-def _raise_for_status(response: aiohttp.ClientResponse, body: bytes, url: str) -> None:
-    raise error_for_response(
-        response.status,
-        response.headers,
-        body,
-        now=time.time(),
-        url=url,
-        reason=response.reason or "",
-    )
-
-
-async def _fetch_once(
-    session: aiohttp.ClientSession,
-    url: str,
-    target: Path,
-    timeout: aiohttp.ClientTimeout,
-) -> int:
-    """One attempt: stream ``url`` into a part file, then rename it to ``target``.
-
-    Raises:
-        RequestError: the request failed (retried by the caller if worth it).
-        OSError: the file could not be written.
-    """
-    try:
-        async with session.get(url, timeout=timeout) as response:
-            if response.status >= 300:
-                _raise_for_status(response, await response.content.read(4096), url)
-            # Created synchronously: a cancellation must not strand the file.
-            part = _PartFile(target)
-            try:
-                buffer = bytearray()
-                async for chunk in response.content.iter_chunked(CHUNK_SIZE):
-                    buffer += chunk
-                    if len(buffer) >= FLUSH_SIZE:
-                        await asyncio.to_thread(part.write, buffer)
-                        buffer.clear()
-                await asyncio.to_thread(part.write, buffer)
-                expected = response.content_length
-                identity = response.headers.get("Content-Encoding", "identity")
-                if identity == "identity" and expected not in (None, part.size):
-                    raise ConnectError(
-                        f"answer cut off after {part.size} of {expected} bytes",
-                        url=url,
-                        status=response.status,
-                    )
-                await asyncio.to_thread(part.sync)
-                part.commit()
-            except BaseException:
-                part.discard()  # synchronous: must run even when cancelled
-                raise
-            return part.size
-    except TimeoutError:
-        raise RequestTimeoutError("download timed out", url=url) from None
-    except aiohttp.InvalidURL:
-        raise RequestError("not a valid URL", url=url) from None  # not retried
-    except aiohttp.ClientPayloadError as exc:
-        raise ConnectError(f"answer cut off: {type(exc).__name__}", url=url) from None
-    except aiohttp.ClientError as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ConnectError(f"download failed: {reason}", url=url) from None
-
-
-def _log_retry(details: Any) -> None:
-    logger.warning(
-        "retrying download in %.2fs after attempt %d failed: %s",
-        details["wait"],
-        details["tries"],
-        details["exception"],
-    )
-
-
 async def _save_one(
-    session: aiohttp.ClientSession,
+    transport: Transport,
     url: str,
     target: Path,
     *,
     overwrite: bool,
     retry: RetryPolicy,
-    timeout: aiohttp.ClientTimeout,
+    timeouts: Timeouts,
     slots: asyncio.Semaphore,
 ) -> SavedFile:
-    fetch = backoff.on_exception(
-        retry.wait_gen,
-        RequestError,
-        max_tries=retry.max_attempts,
-        giveup=lambda exc: not retry.is_retryable(exc),
-        jitter=None,
-        on_backoff=_log_retry,
-        raise_on_giveup=True,
-        logger=None,
-    )(_fetch_once)
+    async def attempt(within: float | None) -> int:
+        return await transport.download(
+            url, functools.partial(_PartFile, target), timeouts, within=within
+        )
+
     # The slot covers the existence check too, so files are taken in order.
     async with slots:
         try:
@@ -331,7 +255,7 @@ async def _save_one(
                 size = await asyncio.to_thread(_existing_size, target)
                 if size is not None:
                     return SavedFile(url, target, size, skipped=True)
-            size = await fetch(session, url, target, timeout)
+            size = await call_with_retries(attempt, retry, what=url)
         except RequestError as exc:
             raise DownloadError(url, exc.message, status=exc.status) from exc
         except OSError as exc:
@@ -356,7 +280,7 @@ async def save_outputs(
     concurrency: int = 4,
     overwrite: bool = False,
     retry: RetryPolicy | None = None,
-    timeout: aiohttp.ClientTimeout | None = None,
+    timeouts: Timeouts | None = None,
 ) -> DownloadReport:
     """Save a prediction's output files under ``dest_dir / prediction.id``.
 
@@ -376,15 +300,15 @@ async def save_outputs(
             :meth:`Client.wait` or a :class:`PollManager`).
         dest_dir: The directory to save into; created if missing.
         session: An :class:`aiohttp.ClientSession` to borrow (left open).
-            It must not send an ``Authorization`` header: output URLs are
-            public and the API key must not leak to the host serving them.
-            By default a session is made for the call.
+            It must carry no credentials (no ``Authorization`` header, no
+            ``auth=``): output URLs are public and no key may leak to the
+            hosts serving them. By default a session is made for the call.
         concurrency: The most files downloaded at once.
         overwrite: Fetch files again even when they are already present.
         retry: What to retry (429, 5xx, resets, timeouts) and how long to
             wait; :class:`RetryPolicy` by default. 403 and 404 (an expired
             delivery URL) are not retried.
-        timeout: Per-download timeouts; by default no total limit, 10 s to
+        timeouts: Per-download timeouts; by default no total limit, 10 s to
             connect, 60 s of silence at most.
 
     Returns:
@@ -393,7 +317,7 @@ async def save_outputs(
 
     Raises:
         ConfigurationError: ``concurrency`` is below 1, or ``session`` sends
-            an ``Authorization`` header.
+            credentials; ``option`` names it.
 
     Example:
         >>> import asyncio, tempfile, replipoll
@@ -411,15 +335,15 @@ async def save_outputs(
         ...     asyncio.run(main(dest))
         (True, ['out-0.bin', 'out-1.bin'])
     """
-    if concurrency < 1:
-        raise ConfigurationError("concurrency must be at least 1")
-    if session is not None and "Authorization" in session.headers:
+    check_at_least("save_outputs", "concurrency", concurrency, 1)
+    if session is not None and not isinstance(session, aiohttp.ClientSession):
         raise ConfigurationError(
-            "the session sends an Authorization header; output URLs are public "
-            "and the API key must not leave for another host"
+            "save_outputs: session must be an aiohttp.ClientSession or None",
+            option="session",
         )
+    transport = Transport.for_downloads(session)
     retry = retry if retry is not None else RetryPolicy()
-    timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
+    timeouts = timeouts if timeouts is not None else DEFAULT_TIMEOUTS
     directory = Path(dest_dir) / _safe_name(f"/{prediction.id}")
     urls = _unique(prediction.output_urls())
     if not urls:
@@ -432,18 +356,16 @@ async def save_outputs(
         errors = tuple(DownloadError(url, reason) for url in urls)
         return DownloadReport(prediction.id, directory, (), errors)
     slots = asyncio.Semaphore(concurrency)
-    owned = session is None
-    http = aiohttp.ClientSession() if session is None else session
     try:
         outcomes = await asyncio.gather(
             *(
                 _save_one(
-                    http,
+                    transport,
                     url,
                     target,
                     overwrite=overwrite,
                     retry=retry,
-                    timeout=timeout,
+                    timeouts=timeouts,
                     slots=slots,
                 )
                 for url, target in zip(urls, targets, strict=True)
@@ -451,8 +373,7 @@ async def save_outputs(
             return_exceptions=True,
         )
     finally:
-        if owned:
-            await http.close()
+        await transport.close()
     files: list[SavedFile] = []
     failures: list[DownloadError] = []
     for outcome in outcomes:

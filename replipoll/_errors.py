@@ -3,7 +3,7 @@
 ::
 
     ReplipollError
-    ├── ConfigurationError (ValueError)       bad provider, base URL or option
+    ├── ConfigurationError (ValueError)       a bad provider, URL or option; .option
     │   └── MissingAPIKeyError                no key given and its env var is unset
     ├── InvalidPredictionIdError (ValueError) rejected before any request is sent
     ├── ClientClosedError (RuntimeError)      the client was closed; no request sent
@@ -25,6 +25,10 @@ Every :class:`RequestError` carries the HTTP method, the URL (which never holds
 the API key), the status (``None`` when there was no answer), the request id the
 provider assigned (from a header or from a CometAPI message), the provider's
 own message and how many attempts were made.
+
+Every exception pickles and unpickles with all its attributes (they cross
+process boundaries: multiprocessing, result caches), and shows in tracebacks
+as ``replipoll.NotFoundError``, not by its private module.
 """
 
 from __future__ import annotations
@@ -59,9 +63,33 @@ __all__ = [
 class ReplipollError(Exception):
     """Root of every exception replipoll raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # The constructors take keyword-only state and differ by class;
+        # rebuilding from args plus __dict__ restores every attribute of
+        # every subclass without calling its __init__.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(
+    cls: type[ReplipollError], args: tuple[object, ...], state: dict[str, object]
+) -> ReplipollError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigurationError(ReplipollError, ValueError):
-    """A client or manager was configured with something unusable."""
+    """A client, manager or policy was given something unusable.
+
+    Attributes:
+        option: The name of the offending option (``"burst"``,
+            ``"base_url"``...), or ``None`` when no single option is to blame.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class MissingAPIKeyError(ConfigurationError):
@@ -72,10 +100,11 @@ class MissingAPIKeyError(ConfigurationError):
     """
 
     def __init__(self, env_var: str) -> None:
-        self.env_var = env_var
         super().__init__(
-            f"no API key: pass api_key=... or set the {env_var} environment variable"
+            f"no API key: pass api_key=... or set the {env_var} environment variable",
+            option="api_key",
         )
+        self.env_var = env_var
 
 
 class InvalidPredictionIdError(ReplipollError, ValueError):
@@ -151,19 +180,6 @@ class RequestError(ReplipollError):
             f"{type(self).__name__}({self.message!r}, status={self.status!r}, "
             f"request_id={self.request_id!r}, attempts={self.attempts!r})"
         )
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only state survives pickling (multiprocessing, caches).
-        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
-
-
-def _rebuild(
-    cls: type[RequestError], message: str, state: dict[str, object]
-) -> RequestError:
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    error.__dict__.update(state)
-    return error
 
 
 class HTTPStatusError(RequestError):
@@ -256,9 +272,6 @@ class PollTimeout(ReplipollError):
             f"(last status: {status})"
         )
 
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.prediction_id, self.timeout, self.last))
-
 
 class DownloadError(ReplipollError):
     """An output file could not be downloaded or saved.
@@ -275,10 +288,3 @@ class DownloadError(ReplipollError):
         self.reason = reason
         at = f" ({status})" if status is not None else ""
         super().__init__(f"could not download {url}{at}: {reason}")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_download, (self.url, self.reason, self.status))
-
-
-def _rebuild_download(url: str, reason: str, status: int | None) -> DownloadError:
-    return DownloadError(url, reason, status=status)

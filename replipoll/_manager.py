@@ -1,20 +1,21 @@
 """The scheduler: many predictions, few requests in flight, one shared budget.
 
-Shape: a heap of due times and a fixed pool of ``max_concurrency`` workers.
-A tracked id costs one small record, one future and one heap entry, not a
-sleeping task; one timer (``loop.call_at``) moves ids whose time has come onto
-the work queue. A worker waits for the rate budget, sends one request, and
-either resolves the id's future or pushes the id back onto the heap: after the
-poll policy's delay when it is still running, after the retry policy's delay
-when the request failed in a way worth retrying. A retry therefore waits
-without holding a worker or a connection.
+Shape: two :class:`~replipoll._schedule.TimerQueue` (due polls, deadlines)
+and a fixed pool of ``max_concurrency`` workers. A tracked id costs one small
+record, one future and a timer entry, not a sleeping task; one timer
+(``loop.call_at``) serves both queues: it ends ids whose deadline passed and
+moves ids whose poll is due onto the work queue. A worker waits for the rate
+budget, sends one request through the client's transport, and either resolves
+the id's future or makes the id due again: after the poll policy's delay when
+it is still running, after the retry engine's wait when the request failed in
+a way worth retrying. A retry therefore waits without holding a worker or a
+connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import inspect
 import logging
 import math
@@ -26,11 +27,18 @@ from typing import Final, Self
 
 import attrs
 
-from ._client import Client
-from ._errors import PollTimeout, RateLimitedError, RequestError
+from ._client import DEFAULT_TIMEOUT, Client
+from ._errors import ConfigurationError, PollTimeout, RateLimitedError, RequestError
 from ._models import Prediction
-from ._sansio import prediction_url, validate_prediction_id
-from ._schedule import PollPolicy, RateBudget
+from ._options import (
+    check_at_least,
+    check_callable,
+    check_non_negative,
+    check_positive,
+)
+from ._retry import Retrying, RetryPolicy
+from ._sansio import ApiRequest
+from ._schedule import PollPolicy, RateBudget, TimerQueue
 
 __all__ = ["PollManager", "PollResult", "PollStats"]
 
@@ -59,8 +67,12 @@ class PollResult:
     error: BaseException | None = None
 
     @property
-    def ok(self) -> bool:
-        """True when the prediction reached a terminal status (any of them)."""
+    def is_terminal(self) -> bool:
+        """True when a terminal record arrived: succeeded, failed, canceled or aborted.
+
+        False when polling ended in an error (see :attr:`error`). A
+        ``failed`` prediction is terminal; :attr:`succeeded` tells them apart.
+        """
         return self.error is None
 
     @property
@@ -101,31 +113,30 @@ class PollStats:
 
 class _Track:
     __slots__ = (
-        "attempts",
         "deadline",
-        "due",
         "future",
         "id",
         "last",
+        "request",
+        "retrying",
         "started",
-        "url",
     )
 
     def __init__(
         self,
+        request: ApiRequest,
         pid: str,
-        url: str,
         future: asyncio.Future[Prediction],
         now: float,
         deadline: float,
     ) -> None:
         self.id = pid
-        self.url = url
+        self.request = request
         self.future = future
         self.started = now
         self.deadline = deadline
-        self.due = now
-        self.attempts = 0  # consecutive failed requests
+        # The retry state of a run of failed requests; None after a success.
+        self.retrying: Retrying | None = None
         self.last: Prediction | None = None
 
 
@@ -148,17 +159,19 @@ class PollManager:
     """Poll many predictions concurrently until each is terminal.
 
     Args:
-        client: The :class:`~replipoll.Client` to poll with; its per-request
-            timeouts and retry policy apply.
+        client: The :class:`~replipoll.Client` to poll with; its transport,
+            per-request timeouts and (by default) retry policy apply.
         max_concurrency: The most HTTP requests open at once (not ids tracked).
         rate_limit: Requests per second for this manager's requests, retries
             included; ``None`` uses the client's budget. A 429's
             ``Retry-After`` pauses the whole budget either way.
         burst: Requests that may go at once under ``rate_limit``.
-        task_timeout: Seconds each id may take, from submission, to reach a
+        timeout: Seconds each id may take, from submission, to reach a
             terminal status; then it ends with :class:`~replipoll.PollTimeout`.
-            ``None`` waits forever.
+            ``None`` waits for ever. The same default as :meth:`Client.wait`.
         policy: The poll schedule; :class:`PollPolicy` by default.
+        retry: What to retry and how long to wait; the client's by default.
+            A retry waits in the schedule, without holding a worker.
         on_update: Called (sync or async) with each record whose status
             changed. It runs in a worker, so keep it short. If it raises,
             that id ends with the callback's exception.
@@ -171,6 +184,9 @@ class PollManager:
 
     Use it as ``async with``; on exit every poll still running is cancelled
     and awaited, and the futures of unfinished ids are cancelled.
+
+    Raises:
+        ConfigurationError: a bad option; ``option`` names it.
 
     Example:
         >>> import asyncio, replipoll
@@ -194,39 +210,56 @@ class PollManager:
         max_concurrency: int = 32,
         rate_limit: float | None = None,
         burst: int = 10,
-        task_timeout: float | None = 3600.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         policy: PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
         on_update: UpdateCallback | None = None,
         cancel_on_timeout: bool = False,
         coalesce: float = 0.05,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
-        if not coalesce >= 0:
-            raise ValueError("coalesce must be zero or a positive number of seconds")
-        if task_timeout is not None and not task_timeout > 0:
-            raise ValueError("task_timeout must be positive or None")
+        owner = "PollManager"
+        if not isinstance(client, Client):
+            raise ConfigurationError(
+                f"{owner}: client must be a replipoll.Client, "
+                f"got {type(client).__name__}",
+                option="client",
+            )
+        check_at_least(owner, "max_concurrency", max_concurrency, 1)
+        check_positive(owner, "rate_limit", rate_limit, none=True)
+        check_at_least(owner, "burst", burst, 1)
+        check_positive(owner, "timeout", timeout, none=True)
+        check_non_negative(owner, "coalesce", coalesce)
+        check_callable(owner, "on_update", on_update)
+        for option, value, kind in (
+            ("policy", policy, PollPolicy),
+            ("retry", retry, RetryPolicy),
+        ):
+            if value is not None and not isinstance(value, kind):
+                raise ConfigurationError(
+                    f"{owner}: {option} must be a {kind.__name__} or None, "
+                    f"got {type(value).__name__}",
+                    option=option,
+                )
         self.client = client
         self.max_concurrency = max_concurrency
         self.budget = (
             client.budget if rate_limit is None else RateBudget(rate_limit, burst)
         )
-        self.task_timeout = task_timeout
+        self.timeout = timeout
         self.policy = policy if policy is not None else PollPolicy()
+        self.retry = retry if retry is not None else client.retry
         self.on_update = on_update
         self.cancel_on_timeout = cancel_on_timeout
         self.coalesce = coalesce
         self._tracks: dict[str, _Track] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = 0
+        self._polls = TimerQueue()
+        # Deadlines are a queue of their own, so that they pass on time
+        # whatever the workers are doing (all asleep in a Retry-After, say).
+        self._deadlines = TimerQueue()
         self._queue: asyncio.Queue[str] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
-        # Deadlines run on a timer of their own, so that they pass on time
-        # whatever the workers are doing (all asleep in a Retry-After, say).
-        self._deadlines: list[tuple[float, int, str]] = []
-        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._unknown_seen: set[str] = set()
@@ -264,10 +297,9 @@ class PollManager:
     async def close(self) -> None:
         """Stop polling: cancel and await every worker, cancel unfinished futures."""
         self._closed = True
-        for timer in (self._timer, self._deadline_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._deadline_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         workers, self._workers = self._workers, []
         for task in workers:
             task.cancel()
@@ -276,8 +308,8 @@ class PollManager:
         tracks, self._tracks = self._tracks, {}
         for track in tracks.values():
             track.future.cancel()
-        self._heap.clear()
-        self._deadlines.clear()
+        self._polls = TimerQueue()
+        self._deadlines = TimerQueue()
 
     # -- public API ----------------------------------------------------------
 
@@ -292,7 +324,8 @@ class PollManager:
         Raises:
             InvalidPredictionIdError: the id is unusable; nothing is tracked.
         """
-        pid = validate_prediction_id(prediction_id)
+        request = ApiRequest.for_prediction("GET", prediction_id)
+        pid = prediction_id
         track = self._tracks.get(pid)
         if track is not None:
             if not track.future.done():
@@ -300,26 +333,21 @@ class PollManager:
             # An awaiter cancelled the shared future (asyncio.wait_for does on
             # timeout): handing it out again would fail every later caller at
             # once. Forget that track and start a fresh one.
-            del self._tracks[pid]
+            self._forget(track)
             self._by_status[self._status_of(track)] -= 1
         queue = self._start()
         assert self._loop is not None
         now = self._loop.time()
-        deadline = (
-            now + self.task_timeout if self.task_timeout is not None else float("inf")
-        )
+        deadline = now + self.timeout if self.timeout is not None else math.inf
         future: asyncio.Future[Prediction] = self._loop.create_future()
         future.add_done_callback(_retrieve)
-        track = _Track(
-            pid, prediction_url(self.client.base_url, pid), future, now, deadline
-        )
+        track = _Track(request, pid, future, now, deadline)
         self._tracks[pid] = track
-        if deadline < float("inf") and not self.cancel_on_timeout:
+        if deadline < math.inf and not self.cancel_on_timeout:
             # (With cancel_on_timeout a worker ends the id: that takes a request.)
-            self._seq += 1
-            heapq.heappush(self._deadlines, (deadline, self._seq, pid))
-            if self._deadline_timer is None:
-                self._deadline_timer = self._loop.call_at(deadline, self._on_deadline)
+            self._deadlines.push(pid, deadline)
+            if deadline < self._timer_at:
+                self._arm(deadline)
         self._by_status["unknown"] += 1
         queue.put_nowait(pid)
         return future
@@ -375,8 +403,9 @@ class PollManager:
         returned, and the id (if tracked) resolves once it is terminal.
         """
         if not remote:
-            track = self._tracks.pop(prediction_id, None)
+            track = self._tracks.get(prediction_id)
             if track is not None:
+                self._forget(track)
                 self._by_status[self._status_of(track)] -= 1
                 track.future.cancel()
             return None
@@ -431,10 +460,9 @@ class PollManager:
             # Round up onto the grid: ids due in the same window share a
             # wake-up of the timer, and their requests leave together.
             due = math.ceil(due / self.coalesce) * self.coalesce
-        due = min(due, track.deadline)
-        track.due = due
-        self._seq += 1
-        heapq.heappush(self._heap, (due, self._seq, track.id))
+        if due > track.deadline:
+            due = track.deadline
+        self._polls.push(track.id, due)
         if due < self._timer_at:
             self._arm(due)
 
@@ -449,31 +477,21 @@ class PollManager:
         assert self._loop is not None
         assert self._queue is not None
         self._timer = None
-        self._timer_at = float("inf")
+        self._timer_at = math.inf
         now = self._loop.time()
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            due, _, pid = heapq.heappop(heap)
-            track = self._tracks.get(pid)
-            if track is not None and track.due == due:
-                self._queue.put_nowait(pid)
-        if heap:
-            self._arm(heap[0][0])
-
-    def _on_deadline(self) -> None:
-        assert self._loop is not None
-        assert self.task_timeout is not None
-        self._deadline_timer = None
-        now = self._loop.time()
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            deadline, _, pid = heapq.heappop(heap)
-            track = self._tracks.get(pid)
-            # A resubmitted id has a later deadline (or the very same one).
-            if track is not None and track.deadline == deadline:
-                self._fail(track, PollTimeout(pid, self.task_timeout, track.last))
-        if heap:
-            self._deadline_timer = self._loop.call_at(heap[0][0], self._on_deadline)
+        tracks = self._tracks
+        for pid in self._deadlines.pop_due(now):
+            track = tracks.get(pid)
+            if track is not None:
+                assert self.timeout is not None
+                self._fail(track, PollTimeout(pid, self.timeout, track.last))
+        put = self._queue.put_nowait
+        for pid in self._polls.pop_due(now):
+            if pid in tracks:
+                put(pid)
+        polls, deadlines = self._polls.next_due(), self._deadlines.next_due()
+        if polls is not None or deadlines is not None:
+            self._arm(min(t for t in (polls, deadlines) if t is not None))
 
     # -- the workers ---------------------------------------------------------
 
@@ -489,7 +507,7 @@ class PollManager:
             if track is None:
                 continue
             if track.future.done():  # cancelled by an awaiter: stop polling it
-                del self._tracks[pid]
+                self._forget(track)
                 continue
             try:
                 await self._poll(track, loop)
@@ -504,7 +522,7 @@ class PollManager:
                 # that id as cancelled. Dying here would strand every id
                 # left in the queue, and hang poll_many.
                 if self._is_current(track):
-                    del self._tracks[track.id]
+                    self._forget(track)
                     self._finished += 1
                     self._errors += 1
                     track.future.cancel()
@@ -517,8 +535,8 @@ class PollManager:
         if not budget.try_acquire(time.monotonic()):
             # A Retry-After pause or a rate-limit slot: wait here, but not
             # past the id's deadline (ids still queued meanwhile end on time
-            # through _on_deadline).
-            deadline = track.deadline if track.deadline < float("inf") else None
+            # through the deadline queue).
+            deadline = track.deadline if track.deadline < math.inf else None
             try:
                 async with asyncio.timeout_at(deadline):
                     self._budget_wait += await budget.acquire()
@@ -531,20 +549,25 @@ class PollManager:
         self._in_flight += 1
         if self._in_flight > self._peak:
             self._peak = self._in_flight
+        sent = loop.time()
+        # The request may not outlast the id's deadline, nor the retry
+        # policy's timeout for a run of failures.
+        end = track.deadline
+        retrying = track.retrying
+        if retrying is not None and retrying.deadline is not None:
+            end = min(end, retrying.deadline)
+        within = end - sent if end < math.inf else None
         try:
-            remaining = track.deadline - loop.time()
-            if remaining < (self.client.timeouts.total or float("inf")):
-                async with asyncio.timeout(max(remaining, 0.0)):
-                    prediction = await self.client.send("GET", track.url, self.budget)
-            else:
-                prediction = await self.client.send("GET", track.url, self.budget)
-        except TimeoutError:
-            self._in_flight -= 1
-            await self._time_out(track)
-            return
+            prediction = await self.client._exchange(
+                track.request, budget, within, self.retry
+            )
         except RequestError as exc:
             self._in_flight -= 1
-            self._failed_request(track, exc, loop.time())
+            if self._is_current(track):
+                if loop.time() >= track.deadline:
+                    await self._time_out(track)
+                else:
+                    self._failed_request(track, exc, sent, loop.time())
             return
         except BaseException:
             self._in_flight -= 1
@@ -552,7 +575,7 @@ class PollManager:
         self._in_flight -= 1
         if not self._is_current(track):
             return  # cancelled locally while the request ran: drop the answer
-        track.attempts = 0
+        track.retrying = None
         if self._observe(track, prediction):
             await self._notify(prediction)
         if prediction.is_terminal:
@@ -561,27 +584,20 @@ class PollManager:
             now = loop.time()
             self._schedule(track, now + self.policy.next_delay(now - track.started))
 
-    def _failed_request(self, track: _Track, exc: RequestError, now: float) -> None:
-        if not self._is_current(track):
-            return
-        track.attempts += 1
+    def _failed_request(
+        self, track: _Track, exc: RequestError, sent: float, now: float
+    ) -> None:
         if isinstance(exc, RateLimitedError):
             self._throttled += 1
-        retry = self.client.retry
-        if retry.should_retry(exc, track.attempts):
-            self._retries += 1
-            delay = retry.delay(exc, track.attempts)
-            logger.warning(
-                "retrying %s in %.2fs after attempt %d failed: %s",
-                track.id,
-                delay,
-                track.attempts,
-                exc,
-            )
-            self._schedule(track, now + delay)
-        else:
-            exc.attempts = track.attempts
+        retrying = track.retrying
+        if retrying is None:
+            retrying = track.retrying = self.retry.start(sent)
+        wait = retrying.next_wait(exc, now, what=track.id)
+        if wait is None:
             self._fail(track, exc)
+        else:
+            self._retries += 1
+            self._schedule(track, now + wait)
 
     async def _time_out(self, track: _Track) -> None:
         if self.cancel_on_timeout:
@@ -591,8 +607,8 @@ class PollManager:
                 logger.warning(
                     "could not cancel %s after its deadline: %s", track.id, exc
                 )
-        assert self.task_timeout is not None
-        self._fail(track, PollTimeout(track.id, self.task_timeout, track.last))
+        assert self.timeout is not None
+        self._fail(track, PollTimeout(track.id, self.timeout, track.last))
 
     # -- bookkeeping ---------------------------------------------------------
 
@@ -629,16 +645,22 @@ class PollManager:
         # request of the old one may still be running and must not touch it.
         return self._tracks.get(track.id) is track
 
+    def _forget(self, track: _Track) -> None:
+        """Stop tracking ``track``'s id: no more polls, no deadline."""
+        del self._tracks[track.id]
+        self._polls.discard(track.id)
+        self._deadlines.discard(track.id)
+
     def _resolve(self, track: _Track, prediction: Prediction) -> None:
         if self._is_current(track):
-            del self._tracks[track.id]
+            self._forget(track)
             self._finished += 1
             if not track.future.done():
                 track.future.set_result(prediction)
 
     def _fail(self, track: _Track, error: BaseException) -> None:
         if self._is_current(track):
-            del self._tracks[track.id]
+            self._forget(track)
             self._finished += 1
             self._errors += 1
             if not track.future.done():

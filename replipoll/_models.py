@@ -1,18 +1,22 @@
 """The records replipoll returns: frozen, slotted attrs classes.
 
-They are built from JSON by the one converter in :mod:`replipoll._decode`.
-Every record keeps the keys it does not know in ``extra``, so a provider that
-adds a field never breaks decoding and nothing it sent is lost.
+They are built from JSON by the one converter, made at the bottom of this
+module by :func:`replipoll._decode.make_converter`. Every record keeps the
+keys it does not know in ``extra``, so a provider that adds a field never
+breaks decoding and nothing it sent is lost.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import attrs
+import cattrs
+
+from ._decode import error_text, make_converter, structure
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -20,6 +24,8 @@ __all__ = [
     "PredictionMetrics",
     "PredictionUrls",
     "Status",
+    "converter",
+    "structure_prediction",
 ]
 
 _EMPTY: Mapping[str, Any] = {}
@@ -153,8 +159,6 @@ class Prediction:
             replipoll.DecodeError: ``data`` is not a prediction; ``field``
                 says which field failed.
         """
-        from ._decode import structure_prediction
-
         return structure_prediction(data)
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +167,43 @@ class Prediction:
         Timestamps become RFC 3339 strings and ``extra`` keys are merged back
         in, so ``Prediction.from_json(p.to_json()) == p``.
         """
-        from ._decode import converter
-
         return converter.unstructure(self)  # type: ignore[no-any-return]
+
+
+#: The converter every record in replipoll is structured with.
+converter: Final[cattrs.Converter] = make_converter(
+    (PredictionUrls, PredictionMetrics, Prediction),
+    statuses=Status,
+    field_hooks={Prediction: {"error": error_text}},
+)
+_structure_prediction: Final[Callable[[object, object], Prediction]] = (
+    converter.get_structure_hook(Prediction)
+)
+
+
+def structure_prediction(
+    data: object,
+    *,
+    status: int | None = None,
+    request_id: str | None = None,
+    url: str = "",
+    method: str = "GET",
+    redact: Callable[[str], str] | None = None,
+) -> Prediction:
+    """Structure a decoded JSON body into a :class:`Prediction`.
+
+    The keyword arguments describe the answer the body came from; ``redact``
+    cleans the error's message.
+
+    Raises:
+        DecodeError: with ``field`` set to the dotted path that failed.
+    """
+    return structure(
+        _structure_prediction,
+        data,
+        status=status,
+        request_id=request_id,
+        url=url,
+        method=method,
+        redact=redact,
+    )

@@ -7,6 +7,7 @@ from typing import Final
 import attrs
 
 from ._errors import ConfigurationError
+from ._options import positive
 
 __all__ = ["PROVIDERS", "Provider", "Timeouts", "get_provider"]
 
@@ -21,9 +22,9 @@ class Timeouts:
         read: Silence between two reads of the answer.
     """
 
-    total: float | None = 60.0
-    connect: float | None = 10.0
-    read: float | None = None
+    total: float | None = attrs.field(default=60.0, validator=positive(none=True))
+    connect: float | None = attrs.field(default=10.0, validator=positive(none=True))
+    read: float | None = attrs.field(default=None, validator=positive(none=True))
 
 
 @attrs.frozen

@@ -1,8 +1,14 @@
 """The pure core: build requests, decipher answers, map statuses to errors.
 
-Nothing here does I/O or reads a clock; :mod:`replipoll._client` is the thin
-aiohttp layer around it. Every function takes plain values (status, headers as
-a mapping, body bytes) so it can be tested, and reused, without a network.
+Nothing here does I/O or reads a clock; :mod:`replipoll._transport` is the
+thin aiohttp layer around it. Every function takes plain values (status,
+headers as a mapping, body bytes) so it can be tested, and reused, without a
+network.
+
+An API request is an :class:`ApiRequest`: a method and a path *relative to
+the base URL*, built only from a validated prediction id. The transport joins
+it to the one base URL it was configured with, the only place the API key is
+sent; nothing here can name another host.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
-from ._decode import structure_prediction
+import attrs
+
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -27,10 +34,12 @@ from ._errors import (
     RateLimitedError,
     ServerError,
 )
-from ._models import Prediction
+from ._models import Prediction, structure_prediction
 
 __all__ = [
     "MAX_ID_LENGTH",
+    "ApiRequest",
+    "Redactor",
     "decode_prediction",
     "error_for_response",
     "normalize_base_url",
@@ -151,6 +160,70 @@ def prediction_url(base_url: str, prediction_id: str, action: str = "") -> str:
     return f"{url}/{action}" if action else url
 
 
+#: What may follow ``predictions/{id}/``: the documented actions only.
+_ACTIONS: Final = frozenset({"", "cancel"})
+
+
+@attrs.frozen
+class ApiRequest:
+    """One API request: a method and a path below the base URL.
+
+    Build it with :meth:`for_prediction`, which validates the id; the
+    transport joins ``path`` to its base URL and adds the key.
+    """
+
+    method: str
+    #: Relative to the base URL, without a leading slash.
+    path: str
+
+    @classmethod
+    def for_prediction(
+        cls, method: str, prediction_id: object, action: str = ""
+    ) -> ApiRequest:
+        """``GET predictions/{id}``, ``POST predictions/{id}/cancel``...
+
+        Raises:
+            InvalidPredictionIdError: the id is unusable; nothing is built.
+        """
+        if action not in _ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        pid = validate_prediction_id(prediction_id)
+        path = f"predictions/{quote(pid, safe='')}"
+        return cls(method, f"{path}/{action}" if action else path)
+
+
+class Redactor:
+    """Cuts one secret out of text that came from a server.
+
+    Applied to every string taken from an answer *before* it is shortened,
+    so a cut can never leave a fragment of the secret behind. A secret too
+    short to be a real key (under 8 characters) is left alone: replacing it
+    would mangle ordinary words instead.
+
+    Example:
+        >>> redact = Redactor("r8_secret-key")
+        >>> redact("bad key r8_secret-key!")
+        'bad key <redacted>!'
+    """
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: str | None) -> None:
+        self._secret = secret if secret is not None and len(secret) >= 8 else None
+
+    def __repr__(self) -> str:
+        return "Redactor(<hidden>)"
+
+    def __call__(self, text: str) -> str:
+        secret = self._secret
+        if secret is None or secret not in text:
+            return text
+        return text.replace(secret, "<redacted>")
+
+
+_NO_REDACTION: Final = Redactor(None)
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` value, or ``None`` if unusable.
 
@@ -187,12 +260,20 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, seconds)
 
 
-def request_id_from(headers: Mapping[str, str], message: str = "") -> str | None:
-    """Find the provider's request id in the headers, else in a message."""
+def request_id_from(
+    headers: Mapping[str, str],
+    message: str = "",
+    redact: Redactor = _NO_REDACTION,
+) -> str | None:
+    """Find the provider's request id in the headers, else in a message.
+
+    ``message`` should be redacted already; a header's value is redacted
+    here, before it is cut to 200 characters.
+    """
     for name in REQUEST_ID_HEADERS:
         value = headers.get(name)
         if value:
-            return value[:200]
+            return redact(value)[:200]
     match = _MESSAGE_REQUEST_ID.search(message)
     return match.group(1) if match else None
 
@@ -209,31 +290,43 @@ def _shorten(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
-def provider_message(status: int, body: bytes, reason: str = "") -> tuple[str, Any]:
+def provider_message(
+    status: int,
+    body: bytes,
+    reason: str = "",
+    redact: Redactor = _NO_REDACTION,
+) -> tuple[str, Any]:
     """The provider's own message from an error body, and the parsed JSON.
 
     Understands Replicate's problem+json (``detail``, then ``title``),
     CometAPI's OpenAI-style ``{"error": {"message": ...}}``, plain strings and
-    HTML pages (their ``<title>``).
+    HTML pages (their ``<title>``). The text is redacted, then shortened.
     """
+
+    def clean(text: str) -> str:
+        return _shorten(redact(text))
+
     data = _load_json(body) if body else None
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return _shorten(error["message"]), data
+            return clean(error["message"]), data
         for key in ("detail", "title", "message", "error"):
             if isinstance(data.get(key), str) and data[key]:
-                return _shorten(data[key]), data
+                return clean(data[key]), data
     elif isinstance(data, str) and data:
-        return _shorten(data), data
+        return clean(data), data
     head = body[:2048].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html")) or b"<body" in head:
         title = _HTML_TITLE.search(body[:8192])
         text = title.group(1).decode("utf-8", "replace").strip() if title else ""
-        return _shorten(f"HTML page: {text}" if text else "HTML error page"), None
+        return clean(f"HTML page: {text}" if text else "HTML error page"), None
     if body.strip():
-        return _shorten(body[:_MAX_MESSAGE].decode("utf-8", "replace")), None
-    return (reason or f"HTTP {status}") + " (empty body)", None
+        # A secret may straddle any cut: redact a span longer than any key
+        # could reach past the message's end, then shorten.
+        text = body[: _MAX_MESSAGE * 4].decode("utf-8", "replace")
+        return clean(text), None
+    return redact(reason or f"HTTP {status}") + " (empty body)", None
 
 
 def _body_retry_after(data: Any, message: str) -> float | None:
@@ -266,14 +359,17 @@ def error_for_response(
     method: str = "GET",
     url: str = "",
     reason: str = "",
+    redact: Redactor = _NO_REDACTION,
 ) -> HTTPStatusError:
     """Map a non-2xx answer to the matching :class:`HTTPStatusError`.
 
     Args:
         now: The current wall-clock Unix time, to read HTTP-date ``Retry-After``.
+        redact: Cuts the API key out of the server's words before they are
+            shortened into the error.
     """
-    message, data = provider_message(status, body, reason)
-    request_id = request_id_from(headers, message)
+    message, data = provider_message(status, body, reason, redact)
+    request_id = request_id_from(headers, message, redact)
     common: dict[str, Any] = {
         "method": method,
         "url": url,
@@ -289,8 +385,8 @@ def error_for_response(
     if cls is None:
         cls = ServerError if status >= 500 else BadRequestError
     if 300 <= status < 400:
-        # Redirects are not followed (see Client.send); say where it pointed.
-        location = _shorten(headers.get("Location", "")) or "nowhere"
+        # Redirects are not followed (see the transport); say where it pointed.
+        location = _shorten(redact(headers.get("Location", ""))) or "nowhere"
         message = f"{message}; redirect to {location} not followed, check base_url"
     return cls(message, **common)
 
@@ -302,6 +398,7 @@ def decode_prediction(
     *,
     method: str = "GET",
     url: str = "",
+    redact: Redactor = _NO_REDACTION,
 ) -> Prediction:
     """Decode a 2xx answer's body into a :class:`Prediction`.
 
@@ -316,19 +413,20 @@ def decode_prediction(
     if data is _NOT_JSON:
         # Raised outside the handler: json's error would stay attached as
         # __context__, holding the whole body (which may echo the request).
-        message, _ = provider_message(status, body)
+        message, _ = provider_message(status, body, redact=redact)
         raise DecodeError(
             f"answer is not JSON: {message}",
             transient=True,
             status=status,
-            request_id=request_id_from(headers, message),
+            request_id=request_id_from(headers, message, redact),
             method=method,
             url=url,
         )
     return structure_prediction(
         data,
         status=status,
-        request_id=request_id_from(headers),
+        request_id=request_id_from(headers, redact=redact),
         url=url,
         method=method,
+        redact=redact,
     )

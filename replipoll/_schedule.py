@@ -4,13 +4,15 @@
 it has been tracked. :class:`RateBudget` is the request budget shared by every
 request of a :class:`~replipoll.PollManager`: a token bucket in its GCRA form
 (one number, the theoretical arrival time), paused whole by a ``Retry-After``.
-Neither reads a clock (callers pass ``now``), except :meth:`RateBudget.acquire`,
-the one place that waits.
+:class:`TimerQueue` holds due times by key (the manager's due polls and its
+deadlines). None of them reads a clock (callers pass ``now``), except
+:meth:`RateBudget.acquire`, the one place that waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import random
 import time
@@ -18,7 +20,9 @@ from collections import deque
 
 import attrs
 
-__all__ = ["PollPolicy", "RateBudget"]
+from ._options import at_least, fraction, non_negative, positive
+
+__all__ = ["PollPolicy", "RateBudget", "TimerQueue"]
 
 
 @attrs.frozen
@@ -50,12 +54,10 @@ class PollPolicy:
         [1.5, 1.5, 2.0, 3.0, 3.0]
     """
 
-    min_interval: float = attrs.field(default=1.5, validator=attrs.validators.gt(0))
-    age_factor: float = attrs.field(default=0.1, validator=attrs.validators.ge(0))
-    max_interval: float = attrs.field(default=3.0, validator=attrs.validators.gt(0))
-    jitter: float = attrs.field(
-        default=0.1, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
-    )
+    min_interval: float = attrs.field(default=1.5, validator=positive())
+    age_factor: float = attrs.field(default=0.1, validator=non_negative)
+    max_interval: float = attrs.field(default=3.0, validator=positive())
+    jitter: float = attrs.field(default=0.1, validator=fraction)
 
     def next_delay(self, age: float, rng: random.Random | None = None) -> float:
         """Seconds until the next poll of an id tracked for ``age`` seconds."""
@@ -103,8 +105,8 @@ class RateBudget:
         4.0
     """
 
-    rate: float | None = attrs.field(default=None)
-    burst: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    rate: float | None = attrs.field(default=None, validator=positive(none=True))
+    burst: int = attrs.field(default=1, validator=at_least(1))
     _tat: float = attrs.field(default=-math.inf, init=False)
     _paused_until: float = attrs.field(default=-math.inf, init=False)
     _waiters: deque[asyncio.Future[None]] = attrs.field(
@@ -118,13 +120,6 @@ class RateBudget:
     _loop: asyncio.AbstractEventLoop | None = attrs.field(
         default=None, init=False, repr=False, eq=False
     )
-
-    @rate.validator
-    def _check_rate(
-        self, _: attrs.Attribute[float | None], value: float | None
-    ) -> None:
-        if value is not None and not value > 0:
-            raise ValueError("rate must be a positive number of requests per second")
 
     @property
     def paused_until(self) -> float:
@@ -264,3 +259,72 @@ class RateBudget:
                 waiter.set_result(None)
                 self._woken += 1
                 free -= 1
+
+
+class TimerQueue:
+    """Keys with due times: push, pop what is due, peek the next, discard.
+
+    One key has at most one due time: pushing it again moves it, and
+    :meth:`discard` forgets it. Both are O(1) amortised: the old heap entry
+    is left behind and skipped when it surfaces (and the heap is rebuilt
+    once such entries outnumber live ones, so a key moved over and over
+    costs no memory). Pure: the caller passes ``now``.
+
+    Example:
+        >>> timers = TimerQueue()
+        >>> timers.push("a", 2.0); timers.push("b", 1.0); timers.push("a", 3.0)
+        >>> timers.next_due(), timers.pop_due(2.5), len(timers)
+        (1.0, ['b'], 1)
+        >>> timers.discard("a"); timers.next_due() is None
+        True
+    """
+
+    __slots__ = ("_due", "_heap")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._due
+
+    def when(self, key: str) -> float | None:
+        """The due time of ``key``, or ``None`` if it has none."""
+        return self._due.get(key)
+
+    def push(self, key: str, when: float) -> None:
+        """Make ``key`` due at ``when`` (replacing any earlier due time)."""
+        self._due[key] = when
+        heap = self._heap
+        heapq.heappush(heap, (when, key))
+        if len(heap) > 2 * len(self._due) + 64:
+            self._heap = [(due, name) for name, due in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, key: str) -> None:
+        """Forget ``key``'s due time, if it has one."""
+        self._due.pop(key, None)
+
+    def next_due(self) -> float | None:
+        """The earliest due time, or ``None`` when nothing is due at all."""
+        heap, due = self._heap, self._due
+        while heap:
+            when, key = heap[0]
+            if due.get(key) == when:
+                return when
+            heapq.heappop(heap)  # moved or discarded since it was pushed
+        return None
+
+    def pop_due(self, now: float) -> list[str]:
+        """Remove and return the keys due at or before ``now``, earliest first."""
+        heap, due = self._heap, self._due
+        keys: list[str] = []
+        while heap and heap[0][0] <= now:
+            when, key = heapq.heappop(heap)
+            if due.get(key) == when:
+                del due[key]
+                keys.append(key)
+        return keys

@@ -232,12 +232,10 @@ async def run_chaos(
             PollManager(
                 client,
                 max_concurrency=max_concurrency,
-                task_timeout=600,
+                timeout=600,
                 policy=POLICY,
             ) as main,
-            PollManager(
-                client, max_concurrency=4, task_timeout=1.5, policy=POLICY
-            ) as short,
+            PollManager(client, max_concurrency=4, timeout=1.5, policy=POLICY) as short,
         ):
             late_ids = scenario.undocumented
 
@@ -463,7 +461,7 @@ async def test_cancelling_the_awaiting_task_mid_chaos_batch_leaves_nothing() -> 
 
 
 def client_connector(client: Client) -> aiohttp.BaseConnector | None:
-    session = client._session  # the client's own: no public handle on it
+    session = client._transport._session  # the client's own: no public handle
     assert session is not None
     return session.connector
 
@@ -483,7 +481,7 @@ async def test_closing_the_client_mid_chaos_batch_ends_every_id_clearly() -> Non
         async with PollManager(client, max_concurrency=16, policy=POLICY) as manager:
             batch = asyncio.create_task(manager.poll_many(ids))
             await until(lambda: manager.stats.finished >= 50)
-            session = client._session
+            session = client._transport._session
             await client.close()
             results = await asyncio.wait_for(batch, 30)
         assert session is not None
@@ -529,7 +527,7 @@ async def test_task_timeout_fires_during_a_retry_sleep_under_faults() -> None:
         ):
             # (2 s: in asyncio debug mode, under coverage, the first answer
             # to every id took over 1 s on a loaded 2-core machine.)
-            async with PollManager(client, task_timeout=2.0) as manager:
+            async with PollManager(client, timeout=2.0) as manager:
                 start = time.monotonic()
                 results = await manager.poll_many(good + stuck)
                 elapsed = time.monotonic() - start
@@ -552,7 +550,7 @@ async def test_task_timeout_holds_while_a_retry_after_pauses_everything() -> Non
         ids = server.add_predictions(60, duration=60)
         server.add_fault(Fault.rate_limited(3.0), prediction_id=ids[0])
         async with PollManager(
-            client, max_concurrency=4, task_timeout=0.5, policy=POLICY
+            client, max_concurrency=4, timeout=0.5, policy=POLICY
         ) as manager:
             start = time.monotonic()
             results = await manager.poll_many(ids)

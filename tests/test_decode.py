@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from replipoll import TERMINAL_STATUSES, DecodeError, Prediction, Status
-from replipoll._decode import parse_timestamp, structure_prediction
+from replipoll._decode import parse_timestamp
+from replipoll._models import structure_prediction
 
 # The example body of both seed documents (DeerAPI and CometAPI).
 SEED_BODY: dict[str, Any] = {

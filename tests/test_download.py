@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 import replipoll
 from aiohttp import web
-from replipoll import DownloadError, Prediction, RetryPolicy, save_outputs
+from replipoll import DownloadError, Prediction, RetryPolicy, Timeouts, save_outputs
 from replipoll._download import FLUSH_SIZE, output_names
 from replipoll.testing import FakeReplicate, Fault
 
@@ -365,17 +365,17 @@ async def test_a_file_larger_than_the_write_buffer_is_saved_whole(
 async def test_a_download_that_goes_silent_times_out_and_leaves_nothing(
     recorder: tuple[Recorder, str], tmp_path: Path
 ) -> None:
-    """timeout= applies per download: a stalled body is a DownloadError saying it
+    """timeouts= apply per download: a stalled body is a DownloadError saying it
     timed out, and neither the file nor its .part stays behind."""
     rec, url = recorder
     report = await save_outputs(
         succeeded(f"{url}/stall/big.bin"),
         tmp_path,
         retry=RetryPolicy(max_attempts=1),
-        timeout=aiohttp.ClientTimeout(sock_read=0.2),
+        timeouts=Timeouts(total=None, read=0.2),
     )
     (error,) = report.errors
-    assert error.reason == "download timed out"
+    assert error.reason == "timed out: nothing received for 0.2s"
     assert error.status is None
     assert rec.stalled.is_set()  # it did time out mid-body, not before
     assert entries(tmp_path / "p1") == []

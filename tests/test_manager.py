@@ -12,6 +12,7 @@ import pytest
 import replipoll
 from replipoll import (
     Client,
+    ConfigurationError,
     NotFoundError,
     PollManager,
     PollPolicy,
@@ -56,7 +57,7 @@ async def test_poll_many_returns_one_result_per_id_in_input_order(
         "aborted",
         "succeeded",
     ]
-    assert all(r.ok for r in results[:5])
+    assert all(r.is_terminal for r in results[:5])
     assert results[0].succeeded
     assert not results[1].succeeded
     assert isinstance(results[5].error, NotFoundError)
@@ -168,7 +169,7 @@ async def test_deadline_ends_an_id_with_poll_timeout_and_the_last_record(
         fake_replicate.add_prediction(duration=60),
         fake_replicate.add_prediction(),
     )
-    async with PollManager(client, task_timeout=0.4, policy=QUICK) as manager:
+    async with PollManager(client, timeout=0.4, policy=QUICK) as manager:
         start = time.monotonic()
         late, done = await manager.poll_many([slow, quick])
         assert time.monotonic() - start < 1.5
@@ -188,7 +189,7 @@ async def test_deadline_fires_during_a_retry_wait(
         Client(
             base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
         ) as client,
-        PollManager(client, task_timeout=0.3) as manager,
+        PollManager(client, timeout=0.3) as manager,
     ):
         start = time.monotonic()
         (result,) = await manager.poll_many([pid])
@@ -206,7 +207,7 @@ async def test_deadline_cuts_a_hanging_request_short(
         Client(
             base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
         ) as client,
-        PollManager(client, task_timeout=0.3) as manager,
+        PollManager(client, timeout=0.3) as manager,
     ):
         start = time.monotonic()
         (result,) = await manager.poll_many([pid])
@@ -219,7 +220,7 @@ async def test_cancel_on_timeout_cancels_remotely(
 ) -> None:
     pid = fake_replicate.add_prediction(duration=60)
     async with PollManager(
-        client, task_timeout=0.2, cancel_on_timeout=True, policy=QUICK
+        client, timeout=0.2, cancel_on_timeout=True, policy=QUICK
     ) as manager:
         (result,) = await manager.poll_many([pid])
     assert isinstance(result.error, PollTimeout)
@@ -233,7 +234,7 @@ async def test_undocumented_status_keeps_polling_and_is_logged_once(
 ) -> None:
     ids = fake_replicate.add_predictions(3, outcome="paused_by_gateway")
     with caplog.at_level(logging.WARNING, logger="replipoll"):
-        async with PollManager(client, task_timeout=0.4, policy=QUICK) as manager:
+        async with PollManager(client, timeout=0.4, policy=QUICK) as manager:
             results = await manager.poll_many(ids)
     assert all(isinstance(r.error, PollTimeout) for r in results)
     assert all(
@@ -402,7 +403,7 @@ async def test_five_thousand_ids_finish_with_exactly_one_result_each(
         results = await manager.poll_many(ids + missing)
         stats = manager.stats
     assert [r.id for r in results] == ids + missing
-    assert all(r.ok for r in results[:5000])
+    assert all(r.is_terminal for r in results[:5000])
     assert all(isinstance(r.error, NotFoundError) for r in results[5000:])
     assert stats.finished == 5020
     assert stats.tracked == 0
@@ -412,8 +413,8 @@ async def test_five_thousand_ids_finish_with_exactly_one_result_each(
 async def test_wait_and_manager_reject_nonsense_options(client: Client) -> None:
     with pytest.raises(ValueError, match="max_concurrency"):
         PollManager(client, max_concurrency=0)
-    with pytest.raises(ValueError, match="task_timeout"):
-        PollManager(client, task_timeout=0)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PollManager(client, timeout=0)
     with pytest.raises(ValueError, match="coalesce"):
         PollManager(client, coalesce=-0.1)
 
@@ -482,7 +483,7 @@ async def test_coalescing_never_pushes_a_poll_past_its_deadline(
 ) -> None:
     pid = fake_replicate.add_prediction(duration=10.0)
     async with PollManager(
-        client, policy=PollPolicy.fixed(0.1), coalesce=5.0, task_timeout=0.4
+        client, policy=PollPolicy.fixed(0.1), coalesce=5.0, timeout=0.4
     ) as manager:
         start = time.monotonic()
         with pytest.raises(PollTimeout):
@@ -504,7 +505,7 @@ async def test_a_stalled_loop_does_not_bunch_budgeted_requests(
         await asyncio.sleep(0.03)
         time.sleep(0.2)  # noqa: ASYNC251 (the stall under test)
         results = await batch
-    assert all(r.ok for r in results)
+    assert all(r.is_terminal for r in results)
     times = sorted(r.time for r in fake_replicate.stats.request_log)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert sorted(gaps)[1] >= 1 / rate * 0.8, gaps  # (loopback jitter: one gap)
@@ -524,7 +525,7 @@ async def test_a_failed_cancel_after_the_deadline_still_ends_the_id(
             retry=retry,
         ) as client,
         PollManager(
-            client, task_timeout=0.2, cancel_on_timeout=True, policy=QUICK
+            client, timeout=0.2, cancel_on_timeout=True, policy=QUICK
         ) as manager,
     ):
         (result,) = await manager.poll_many([pid])

@@ -10,6 +10,7 @@ import math
 import random
 import time
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -55,11 +56,29 @@ def test_what_is_retried(error: Exception, retry: bool) -> None:
     assert RetryPolicy().is_retryable(error) is retry
 
 
+def _waits(policy: RetryPolicy, error: Exception, *, step: float = 0.0) -> list[float]:
+    """Every wait the engine grants ``error`` until it gives up; a clock in steps."""
+    retrying = policy.start(0.0, random.Random(0))
+    waits: list[float] = []
+    now = 0.0
+    while (wait := retrying.next_wait(error, now)) is not None:
+        waits.append(wait)
+        now += wait + step
+    return waits
+
+
 def test_attempts_are_capped() -> None:
-    policy = RetryPolicy(max_attempts=3)
+    """max_attempts counts the first attempt: 3 attempts are 2 retries."""
     error = ServerError("x", status=500)
-    assert policy.should_retry(error, 2)
-    assert not policy.should_retry(error, 3)
+    assert len(_waits(RetryPolicy(max_attempts=3), error)) == 2
+    assert error.attempts == 3
+    assert _waits(RetryPolicy(max_attempts=1), error) == []
+
+
+def test_an_error_not_worth_retrying_gives_up_at_once() -> None:
+    error = NotFoundError("gone", status=404)
+    assert _waits(RetryPolicy(), error) == []
+    assert error.attempts == 1
 
 
 def test_retry_after_beyond_the_cap_is_not_retried() -> None:
@@ -68,26 +87,56 @@ def test_retry_after_beyond_the_cap_is_not_retried() -> None:
     assert not policy.is_retryable(RateLimitedError("x", status=429, retry_after=3600))
 
 
-@given(st.integers(1, 200), st.integers(0, 2**32))
+@given(st.integers(1, 60), st.integers(0, 2**32))
 def test_backoff_is_full_jitter_under_an_exponential_cap(
-    attempt: int, seed: int
+    attempts: int, seed: int
 ) -> None:
-    policy = RetryPolicy(base_delay=0.5, max_delay=30)
-    delay = policy.delay(ServerError("x", status=500), attempt, random.Random(seed))
-    assert 0 <= delay <= min(30, 0.5 * 2 ** (attempt - 1))
+    """Wait n is drawn from [0, min(max_delay, base_delay * 2**(n-1))]."""
+    policy = RetryPolicy(base_delay=0.5, max_delay=30, max_attempts=attempts + 1)
+    retrying = policy.start(0.0, random.Random(seed))
+    for n in range(1, attempts + 1):
+        wait = retrying.next_wait(ServerError("x", status=500), 0.0)
+        assert wait is not None
+        assert 0 <= wait <= min(30, 0.5 * 2 ** (n - 1))
 
 
-@given(st.floats(0, 300), st.integers(1, 20))
-def test_retry_after_is_a_floor_on_the_wait(retry_after: float, attempt: int) -> None:
+@given(st.floats(0, 300), st.integers(1, 5))
+def test_retry_after_is_a_floor_on_the_wait(retry_after: float, attempts: int) -> None:
     error = RateLimitedError("x", status=429, retry_after=retry_after)
-    assert RetryPolicy().delay(error, attempt, random.Random(0)) >= retry_after
+    retrying = RetryPolicy(max_attempts=10).start(0.0, random.Random(0))
+    for _ in range(attempts):
+        wait = retrying.next_wait(error, 0.0)
+        assert wait is not None
+        assert wait >= retry_after
 
 
-def test_wait_gen_feeds_backoff_with_policy_delays() -> None:
-    gen = RetryPolicy(base_delay=1, max_delay=1).wait_gen()
-    assert gen.send(None) == 0.0
-    assert gen.send(RateLimitedError("x", status=429, retry_after=5)) == 5
-    assert 0 <= gen.send(ServerError("x", status=500)) <= 1
+def test_the_timeout_stops_retries_however_many_attempts_remain() -> None:
+    """A 10 s timeout: no wait may end at or past it, even with 99 attempts left."""
+    policy = RetryPolicy(max_attempts=100, base_delay=1, max_delay=4, timeout=10)
+    waits = _waits(policy, ServerError("x", status=503), step=0.5)
+    assert 0 < len(waits) < 99
+    assert sum(waits) + 0.5 * len(waits) < 10
+    # A Retry-After that would end past the timeout is not waited for.
+    late = RateLimitedError("x", status=429, retry_after=11)
+    assert _waits(policy, late) == []
+
+
+def test_on_retry_sees_each_attempt_its_error_and_wait() -> None:
+    seen: list[tuple[int, BaseException, float]] = []
+    policy = RetryPolicy(
+        max_attempts=3, on_retry=lambda n, e, w: seen.append((n, e, w))
+    )
+    error = ServerError("x", status=503)
+    waits = _waits(policy, error)
+    assert [(n, e) for n, e, _ in seen] == [(1, error), (2, error)]
+    assert [w for *_, w in seen] == waits
+
+
+def test_retry_policy_is_an_immutable_value() -> None:
+    policy = RetryPolicy()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        policy.max_attempts = 2  # type: ignore[misc]
+    assert attrs.evolve(policy, max_attempts=2).max_attempts == 2
 
 
 def test_poll_policy_grows_with_age_up_to_the_cap() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .._client import DEFAULT_TIMEOUT
 from .._errors import ConfigurationError
 from .._models import Prediction
 from ._common import (
@@ -157,7 +158,7 @@ def get(
 )
 @click.option(
     "--timeout",
-    default=3600.0,
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     type=click.FloatRange(min=0),
     help="Seconds each id may take to finish (0: no limit).",

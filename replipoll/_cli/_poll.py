@@ -155,7 +155,7 @@ async def run_batch(
         client,
         max_concurrency=concurrency,
         rate_limit=rate,
-        task_timeout=timeout,
+        timeout=timeout,
         on_update=run.tally.update,
     )
     try:

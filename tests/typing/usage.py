@@ -129,7 +129,7 @@ async def batch(client: Client, ids: Iterable[str]) -> Counter[str]:
         max_concurrency=16,
         rate_limit=40.0,
         burst=10,
-        task_timeout=None,
+        timeout=None,
         policy=PollPolicy(min_interval=1.0, max_interval=10.0),
         on_update=on_update,
         cancel_on_timeout=True,
@@ -137,7 +137,7 @@ async def batch(client: Client, ids: Iterable[str]) -> Counter[str]:
         results = await manager.poll_many(ids)
         assert_type(results, list[PollResult])
         for result in results:
-            assert_type(result.ok, bool)
+            assert_type(result.is_terminal, bool)
             assert_type(result.error, BaseException | None)
             if result.succeeded and result.prediction is not None:
                 statuses[str(result.prediction.status)] += 1
@@ -175,12 +175,14 @@ def policies() -> float:
     policy = PollPolicy.fixed(0.5)
     budget = RateBudget(rate=10.0, burst=2)
     budget.pause_until(5.0)
-    retry = RetryPolicy()
+    retry = RetryPolicy(timeout=30.0, on_retry=lambda n, error, wait: None)
+    retrying: replipoll.Retrying = retry.start(now=0.0)
+    wait = retrying.next_wait(replipoll.ServerError("boom", status=503), now=0.0)
     return (
         policy.next_delay(3.0)
         + budget.next_free(now=1.0)
         + float(budget.try_acquire(now=9.0))
-        + retry.delay(replipoll.ServerError("boom", status=503), 1)
+        + (wait if wait is not None else 0.0)
     )
 
 
