@@ -27,12 +27,11 @@ PYTHONS = [
     if classifier.startswith("Programming Language :: Python :: 3.")
 ]
 
-# The pinned ruff of the `dev` extra, so that nox, CI and pre-commit agree.
-RUFF = next(
-    req
-    for req in PYPROJECT["project"]["optional-dependencies"]["dev"]
-    if req.startswith("ruff")
-)
+# The pinned ruff and import-linter of the `dev` extra, so that nox, CI and
+# pre-commit agree.
+DEV = PYPROJECT["project"]["optional-dependencies"]["dev"]
+RUFF = next(req for req in DEV if req.startswith("ruff"))
+IMPORT_LINTER = next(req for req in DEV if req.startswith("import-linter"))
 
 
 @nox.session(python=PYTHONS)
@@ -53,10 +52,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff: lint rules and formatting (check only; `ruff format` fixes)."""
-    session.install(RUFF)
+    """Ruff (lint rules, formatting: check only) and the import layers."""
+    session.install("-e", ".", RUFF, IMPORT_LINTER)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session

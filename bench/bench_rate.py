@@ -36,6 +36,7 @@ async def saturate(
     base_url: str, ids: list[str], rate: float, window: float, burst: int = BURST
 ) -> dict[str, Any]:
     """Poll ``ids`` under ``rate`` for 1 s + ``window``; read the server's counts."""
+    import aiohttp
     import replipoll
 
     from _common import Server
@@ -43,19 +44,14 @@ async def saturate(
     server = Server(base_url, [], 0)
     sent: list[float] = []
 
-    class LoggingClient(replipoll.Client):
-        """Notes when each request is handed to aiohttp."""
+    async def note(*_: Any) -> None:
+        sent.append(time.monotonic())  # the request is handed to aiohttp
 
-        __slots__ = ()
-
-        async def send(
-            self, method: str, url: str, budget: replipoll.RateBudget
-        ) -> replipoll.Prediction:
-            sent.append(time.monotonic())
-            return await super().send(method, url, budget)
-
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(note)
     async with (
-        LoggingClient(base_url=base_url, api_key=API_KEY) as client,
+        aiohttp.ClientSession(trace_configs=[trace]) as session,
+        replipoll.Client(base_url=base_url, api_key=API_KEY, session=session) as client,
         replipoll.PollManager(
             client,
             rate_limit=rate,

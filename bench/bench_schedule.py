@@ -337,31 +337,30 @@ def _note(resolved: dict[str, float], pid: str, _: object) -> None:
     resolved.setdefault(pid, time.time())
 
 
-def _counting_client() -> type[Any]:
-    """A Client that counts its requests per URL (for requests per prediction)."""
-    from collections import Counter
+class _RequestCounter:
+    """Counts requests per URL and their seconds, through aiohttp's tracing."""
 
-    import replipoll
+    def __init__(self) -> None:
+        from collections import Counter
 
-    class CountingClient(replipoll.Client):
-        __slots__ = ("counts", "seconds")
+        self.counts: Counter[str] = Counter()
+        self.seconds = 0.0
 
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.counts: Counter[str] = Counter()
-            self.seconds = 0.0
+    def trace_config(self) -> Any:
+        import aiohttp
 
-        async def send(
-            self, method: str, url: str, budget: replipoll.RateBudget
-        ) -> replipoll.Prediction:
-            self.counts[url] += 1
-            start = time.perf_counter()
-            try:
-                return await super().send(method, url, budget)
-            finally:
-                self.seconds += time.perf_counter() - start
+        async def start(_: object, ctx: Any, params: Any) -> None:
+            self.counts[str(params.url)] += 1
+            ctx.start = time.perf_counter()
 
-    return CountingClient
+        async def end(_: object, ctx: Any, __: object) -> None:
+            self.seconds += time.perf_counter() - ctx.start
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(start)
+        trace.on_request_end.append(end)
+        trace.on_request_exception.append(end)
+        return trace
 
 
 async def _real(
@@ -373,7 +372,6 @@ async def _real(
 
     from _common import API_KEY
 
-    _CountingClient = _counting_client()
     named = schedules()
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with aiohttp.ClientSession(headers=headers) as session:
@@ -387,8 +385,14 @@ async def _real(
         async def run(
             name: str, policy: PollPolicy
         ) -> tuple[list[int], list[float], float]:
+            counter = _RequestCounter()
             async with (
-                _CountingClient(base_url=base_url, api_key=API_KEY) as client,
+                aiohttp.ClientSession(
+                    trace_configs=[counter.trace_config()]
+                ) as polling,
+                replipoll.Client(
+                    base_url=base_url, api_key=API_KEY, session=polling
+                ) as client,
                 replipoll.PollManager(
                     client, policy=scaled(policy, scale), coalesce=grid(name) * scale
                 ) as manager,
@@ -403,9 +407,9 @@ async def _real(
                     futures.append(future)
                 records = await asyncio.gather(*futures)
                 requests = [
-                    client.counts[f"{base_url}/predictions/{r.id}"] for r in records
+                    counter.counts[f"{base_url}/predictions/{r.id}"] for r in records
                 ]
-                rtt = client.seconds / sum(client.counts.values())
+                rtt = counter.seconds / sum(counter.counts.values())
             delays = []
             for record in records:
                 assert record.completed_at is not None

@@ -5,7 +5,7 @@
     python bench/soak.py --no-debug      # without asyncio debug mode (faster)
 
 The scenario is ``tests/test_chaos.py``'s at scale (a
-:class:`~replipoll.testing.ChaosBatch`, without its invalid and duplicate
+:class:`~replipoll.testing.chaos.ChaosBatch`, without its invalid and duplicate
 ids), in one process: a :class:`~replipoll.testing.FakeReplicate` on
 ``127.0.0.1`` answers with a fault on one request in five, drawn from every
 class (429 with ``Retry-After``, 500, 502 HTML, 503 CometAPI envelope, 504,
@@ -51,13 +51,8 @@ from replipoll import (
     Timeouts,
 )
 from replipoll._providers import PROVIDERS
-from replipoll.testing import (
-    ANSWER_FAULTS,
-    ChaosBatch,
-    FakeReplicate,
-    Fault,
-    RequestWatch,
-)
+from replipoll.testing import ANSWER_FAULTS, FakeReplicate, Fault
+from replipoll.testing.chaos import ChaosBatch, RequestWatch
 
 SCALE = 50
 COMET = PROVIDERS["cometapi"].timeouts

@@ -87,10 +87,10 @@ __all__ = [
     "save_outputs",
 ]
 
-# Tracebacks and reprs say replipoll.NotFoundError, not where it is defined
-# (pickle finds every one of them here too).
+# Tracebacks say replipoll.NotFoundError, not where it is defined (pickle
+# finds every one of them here too).
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type) or callable(_obj):
+    if isinstance(_obj, type) and issubclass(_obj, BaseException):
         _obj.__module__ = __name__
 del _name, _obj

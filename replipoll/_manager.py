@@ -68,7 +68,7 @@ class PollResult:
 
     @property
     def is_terminal(self) -> bool:
-        """True when a terminal record arrived: succeeded, failed, canceled or aborted.
+        """Whether a terminal record arrived (succeeded, failed, canceled, aborted).
 
         False when polling ended in an error (see :attr:`error`). A
         ``failed`` prediction is terminal; :attr:`succeeded` tells them apart.

@@ -73,6 +73,7 @@ def get_provider(name: str | Provider) -> Provider:
     if preset is None:
         known = ", ".join(sorted(PROVIDERS))
         raise ConfigurationError(
-            f"unknown provider {name!r}; use one of {known}, or pass base_url="
+            f"unknown provider {name!r}; use one of {known}, or pass base_url=",
+            option="provider",
         )
     return preset

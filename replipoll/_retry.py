@@ -132,7 +132,7 @@ class RetryPolicy:
     retry_statuses: frozenset[int] = attrs.field(
         default=DEFAULT_RETRY_STATUSES, converter=_status_set, validator=_check_statuses
     )
-    on_retry: RetryHook | None = attrs.field(
+    on_retry: Callable[[int, BaseException, float], None] | None = attrs.field(
         default=None, validator=_check_hook, eq=False, repr=False
     )
 

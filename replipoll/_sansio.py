@@ -123,34 +123,47 @@ def normalize_base_url(base_url: str) -> str:
             (which would move requests to another path).
     """
     if not isinstance(base_url, str) or not base_url.strip():
-        raise ConfigurationError("base_url must be a non-empty string")
+        raise ConfigurationError(
+            "base_url must be a non-empty string", option="base_url"
+        )
     text = base_url.strip()
     for char in text:
         if char.isspace() or unicodedata.category(char)[0] == "C":
             # urlsplit drops tabs and newlines silently; aiohttp may not.
             raise ConfigurationError(
-                "base_url must not contain whitespace or control characters"
+                "base_url must not contain whitespace or control characters",
+                option="base_url",
             )
     if "?" in text or "#" in text:
-        raise ConfigurationError("base_url must not have a query string or fragment")
+        raise ConfigurationError(
+            "base_url must not have a query string or fragment", option="base_url"
+        )
     if "\\" in text:
-        raise ConfigurationError("base_url must not contain backslashes")
+        raise ConfigurationError(
+            "base_url must not contain backslashes", option="base_url"
+        )
     try:
         parts = urlsplit(text)
         _ = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
-        raise ConfigurationError(f"base_url is not a valid URL: {exc}") from None
+        raise ConfigurationError(
+            f"base_url is not a valid URL: {exc}", option="base_url"
+        ) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ConfigurationError(
             "base_url must be an absolute http:// or https:// URL, "
-            "e.g. https://api.replicate.com/v1"
+            "e.g. https://api.replicate.com/v1",
+            option="base_url",
         )
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(
-            "base_url must not contain credentials; pass the key as api_key"
+            "base_url must not contain credentials; pass the key as api_key",
+            option="base_url",
         )
     if {".", ".."} & set(unquote(parts.path).split("/")):
-        raise ConfigurationError("base_url must not contain '.' or '..' path segments")
+        raise ConfigurationError(
+            "base_url must not contain '.' or '..' path segments", option="base_url"
+        )
     return text.rstrip("/")
 
 

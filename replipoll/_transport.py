@@ -17,6 +17,8 @@ reaches an error. Decoding and status mapping are the pure functions of
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
@@ -44,8 +46,16 @@ CHUNK_SIZE: Final = 64 * 1024
 def _connector_message(exc: BaseException) -> str:
     # aiohttp's own text says "ssl:default" even for http:// URLs.
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or str(exc.os_error) or type(exc).__name__
-        return f"could not connect to {exc.host}:{exc.port}: {reason}"
+        error = exc.os_error
+        if isinstance(error, socket.gaierror):  # the host name did not resolve
+            reason = error.strerror or str(error)
+        elif error.errno and error.errno > 0:
+            # asyncio's strerror says "Connect call failed ('127.0.0.1', 9)";
+            # the errno's own text says why.
+            reason = os.strerror(error.errno)
+        else:
+            reason = str(error)
+        return f"could not connect to {exc.host}:{exc.port}: {reason or 'failed'}"
     return f"could not connect: {_describe(exc)}"
 
 

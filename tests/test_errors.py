@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pickle
+import traceback
 
 import pytest
+import replipoll
 from replipoll import (
     DecodeError,
     DownloadError,
@@ -86,3 +88,53 @@ def test_a_download_error_survives_pickling(status: int | None) -> None:
     assert isinstance(copy, DownloadError)
     assert (copy.url, copy.reason, copy.status) == (error.url, "expired", status)
     assert str(copy) == str(error)
+
+
+#: One instance of every public exception, with every attribute it can carry.
+SAMPLES: dict[str, BaseException] = {
+    "ReplipollError": replipoll.ReplipollError("root"),
+    "ConfigurationError": replipoll.ConfigurationError("bad", option="burst"),
+    "MissingAPIKeyError": replipoll.MissingAPIKeyError("REPLICATE_API_TOKEN"),
+    "InvalidPredictionIdError": replipoll.InvalidPredictionIdError("a/b", "has /"),
+    "ClientClosedError": replipoll.ClientClosedError(),
+    "RequestError": RequestError("refused", url="https://x/p/a", attempts=2),
+    "HTTPStatusError": replipoll.HTTPStatusError("teapot", status=418),
+    "BadRequestError": replipoll.BadRequestError("bad", status=400),
+    "AuthenticationError": replipoll.AuthenticationError("no", status=401),
+    "NotFoundError": NotFoundError("gone", status=404, request_id="r1"),
+    "RateLimitedError": RateLimitedError("slow", status=429, retry_after=2.5),
+    "ServerError": ServerError("down", status=503),
+    "DecodeError": DecodeError("not JSON", status=200, field="x", transient=True),
+    "TransportError": replipoll.TransportError("lost"),
+    "ConnectError": replipoll.ConnectError("refused", url="https://x/p/a"),
+    "RequestTimeoutError": replipoll.RequestTimeoutError("slow"),
+    "PollTimeout": PollTimeout("abc", 2.0, Prediction(id="abc", status="starting")),
+    "DownloadError": DownloadError("https://x/f.png", "gone", status=404),
+}
+
+
+def test_every_public_exception_has_a_sample() -> None:
+    exported = {
+        name
+        for name in replipoll.__all__
+        if isinstance(getattr(replipoll, name), type)
+        and issubclass(getattr(replipoll, name), BaseException)
+    }
+    assert exported == set(SAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_every_public_exception_pickles_and_says_where_it_lives(name: str) -> None:
+    """A copy keeps its type, args, message and every attribute; its class
+    shows as replipoll.Name in tracebacks, not by its private module."""
+    error = SAMPLES[name]
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert copy.args == error.args
+    assert str(copy) == str(error)
+    assert vars(copy) == vars(error)
+    assert type(error).__module__ == "replipoll"
+    assert f"replipoll.{name}" in "".join(
+        traceback.format_exception_only(type(error), error)
+    )
+    assert isinstance(error, replipoll.ReplipollError)

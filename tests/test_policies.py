@@ -28,6 +28,7 @@ from replipoll import (
     RetryPolicy,
     ServerError,
 )
+from replipoll._schedule import TimerQueue
 
 
 @pytest.mark.parametrize(
@@ -416,3 +417,70 @@ async def test_a_waiter_cancelled_mid_queue_is_skipped() -> None:
     assert all(isinstance(w, float) and w >= 0.05 * 0.95 for w in done[::2])
     assert budget.waiting == 0
     assert budget.try_acquire(time.monotonic())  # nothing left holding a turn
+
+
+# -- the timer queue -----------------------------------------------------------
+
+
+def test_timer_queue_moves_discards_and_pops_in_order() -> None:
+    timers = TimerQueue()
+    timers.push("a", 5.0)
+    timers.push("b", 1.0)
+    timers.push("c", 3.0)
+    timers.push("a", 2.0)  # moved earlier: its old entry must not fire
+    timers.discard("c")
+    assert timers.next_due() == 1.0
+    assert timers.pop_due(0.5) == []
+    assert timers.pop_due(2.0) == ["b", "a"]
+    assert timers.pop_due(10.0) == []
+    assert len(timers) == 0
+    assert timers.next_due() is None
+
+
+def test_a_key_pushed_twice_for_the_same_moment_is_due_once() -> None:
+    """Coalescing puts many due times on one grid point, the same id's too."""
+    timers = TimerQueue()
+    timers.push("a", 1.0)
+    timers.push("a", 1.0)
+    assert timers.pop_due(1.0) == ["a"]
+    assert timers.pop_due(1.0) == []
+
+
+def test_a_key_moved_over_and_over_costs_no_memory() -> None:
+    timers = TimerQueue()
+    for n in range(100_000):
+        timers.push("a", float(n))
+    assert len(timers._heap) < 300
+    assert timers.when("a") == 99_999.0
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["push", "discard", "pop"]),
+            st.sampled_from("abcdef"),
+            st.floats(0, 100, allow_nan=False),
+        ),
+        max_size=200,
+    )
+)
+def test_timer_queue_agrees_with_a_dict_of_due_times(
+    operations: list[tuple[str, str, float]],
+) -> None:
+    """Whatever the order of pushes, moves, discards and pops, the queue pops
+    exactly the keys a plain dict says are due, earliest first."""
+    timers, model = TimerQueue(), {}
+    for operation, key, when in operations:
+        if operation == "push":
+            timers.push(key, when)
+            model[key] = when
+        elif operation == "discard":
+            timers.discard(key)
+            model.pop(key, None)
+        else:
+            due = sorted((t, k) for k, t in model.items() if t <= when)
+            assert timers.pop_due(when) == [k for _, k in due]
+            for _, k in due:
+                del model[k]
+        assert len(timers) == len(model)
+        assert timers.next_due() == (min(model.values()) if model else None)

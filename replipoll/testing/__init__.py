@@ -7,10 +7,8 @@ so long, ``processing`` for so long, then an outcome) against a clock you may
 drive by hand, and faults -- rate limits, HTML error pages, resets, truncated
 bodies -- can be queued for the next requests or sprinkled at random with a
 seed.  :attr:`FakeReplicate.stats` counts what clients did (peak concurrency,
-requests made too early after a 429, ...); :class:`RequestWatch` counts the
-same from the client's side, through aiohttp's tracing; :class:`ChaosBatch`
-scripts a batch that goes wrong in every way at once, and records what each
-id should end as.
+requests made too early after a 429, ...). (:mod:`replipoll.testing.chaos`
+holds the machinery of replipoll's own chaos tests; you do not need it.)
 
 Example:
     >>> import asyncio, aiohttp
@@ -36,14 +34,12 @@ Command line: ``python -m replipoll.testing --scenario demo``.  Pytest: add
 ``fake_replicate`` fixture.
 """
 
-from ._chaos import ChaosBatch
 from ._cli import main, run_server
 from ._faults import ANSWER_FAULTS, CHAOS_FAULTS, Fault
 from ._http import PREFIXES, ErrorStyle
 from ._scenarios import SCENARIOS, load_scenario
 from ._server import DEFAULT_API_KEY, FakeReplicate
 from ._stats import FakeClock, RequestRecord, ServerStats
-from ._watch import RequestWatch
 
 __all__ = [
     "ANSWER_FAULTS",
@@ -51,13 +47,11 @@ __all__ = [
     "DEFAULT_API_KEY",
     "PREFIXES",
     "SCENARIOS",
-    "ChaosBatch",
     "ErrorStyle",
     "FakeClock",
     "FakeReplicate",
     "Fault",
     "RequestRecord",
-    "RequestWatch",
     "ServerStats",
     "load_scenario",
     "main",

@@ -19,7 +19,7 @@ __all__ = ["ChaosBatch"]
 
 @attrs.frozen(repr=False, eq=False)
 class ChaosBatch:
-    """A batch scripted on a :class:`FakeReplicate` to go wrong in every way.
+    """A batch scripted on a :class:`~replipoll.testing.FakeReplicate` to go wrong in every way.
 
     :meth:`script` makes it: predictions ending in every outcome, a few that
     sit in an undocumented status for ever, a few that fail every request, a
@@ -30,7 +30,8 @@ class ChaosBatch:
     against them.
 
     Example:
-        >>> from replipoll.testing import ChaosBatch, FakeReplicate
+        >>> from replipoll.testing import FakeReplicate
+        >>> from replipoll.testing.chaos import ChaosBatch
         >>> server = FakeReplicate()
         >>> chaos = ChaosBatch.script(server, 800, seed=1, slow_beyond=3.0)
         >>> chaos  # doctest: +NORMALIZE_WHITESPACE
@@ -106,7 +107,7 @@ class ChaosBatch:
         fail every request (:attr:`PERMANENT_FAULTS`) and as many others
         whose first answer takes *slow_beyond* seconds, adds
         ``max(2, n // 500)`` :attr:`missing` ids, and turns chaos on
-        (:meth:`FakeReplicate.set_chaos`). The same *seed* scripts the same
+        (:meth:`~replipoll.testing.FakeReplicate.set_chaos`). The same *seed* scripts the same
         batch on a new server with the same seed of its own.
 
         Args:
@@ -117,14 +118,14 @@ class ChaosBatch:
             slow_beyond: Seconds before the first answer to a :attr:`beyond`
                 id; make it longer than your client's per-request timeout.
             faults: What chaos draws from; default: all of
-                :data:`CHAOS_FAULTS`.
+                :data:`~replipoll.testing.CHAOS_FAULTS`.
             probability: The share of requests chaos spoils.
             invalid_ids: Whether :attr:`batch` holds :attr:`invalid` ids.
             duplicates: How many of the scripted ids :attr:`batch` holds twice.
 
         Raises:
             ValueError: *n* is below 8 or *duplicates* below 0, or
-                :meth:`FakeReplicate.set_chaos` refuses *probability* or
+                :meth:`~replipoll.testing.FakeReplicate.set_chaos` refuses *probability* or
                 *faults*.
         """
         if n < 8:

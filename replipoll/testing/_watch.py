@@ -19,7 +19,7 @@ __all__ = ["RequestWatch"]
 class RequestWatch:
     """Counts what an :class:`aiohttp.ClientSession`'s requests did, client-side.
 
-    The server's counters (:class:`ServerStats`) see requests when they
+    The server's counters (:class:`~replipoll.testing.ServerStats`) see requests when they
     arrive; this sees them when aiohttp starts and ends them, which is what a
     test of a client wants to assert on: how many were open at once, whether
     every started request ended, how many timed out, and whether any started
@@ -33,7 +33,8 @@ class RequestWatch:
 
     Example:
         >>> import asyncio, aiohttp, replipoll
-        >>> from replipoll.testing import FakeReplicate, RequestWatch
+        >>> from replipoll.testing import FakeReplicate
+        >>> from replipoll.testing.chaos import RequestWatch
         >>> async def main():
         ...     watch = RequestWatch()
         ...     async with FakeReplicate() as server:
@@ -69,6 +70,8 @@ class RequestWatch:
     timeouts: int = 0
     #: The timeouts by exception class name.
     timeout_kinds: Counter[str] = attrs.Factory(Counter)
+    #: The timeouts by the URL of the request that timed out.
+    timeout_urls: Counter[str] = attrs.Factory(Counter)
     #: Requests started while :attr:`budget` was paused.
     early_starts: int = 0
     #: The budget whose pauses :attr:`early_starts` checks; ``None``: none.
@@ -100,4 +103,5 @@ class RequestWatch:
         if isinstance(params.exception, TimeoutError):
             self.timeouts += 1
             self.timeout_kinds[type(params.exception).__name__] += 1
+            self.timeout_urls[str(params.url)] += 1
         await self._ended()

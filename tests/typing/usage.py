@@ -33,7 +33,8 @@ from replipoll import (
     Status,
     Timeouts,
 )
-from replipoll.testing import ChaosBatch, FakeClock, FakeReplicate, Fault, ServerStats
+from replipoll.testing import FakeClock, FakeReplicate, Fault, ServerStats
+from replipoll.testing.chaos import ChaosBatch
 
 log = logging.getLogger(__name__)
 
