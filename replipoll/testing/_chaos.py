@@ -19,7 +19,7 @@ __all__ = ["ChaosBatch"]
 
 @attrs.frozen(repr=False, eq=False)
 class ChaosBatch:
-    """A batch scripted on a :class:`~replipoll.testing.FakeReplicate` to go wrong in every way.
+    """A batch scripted on a fake server to go wrong in every way.
 
     :meth:`script` makes it: predictions ending in every outcome, a few that
     sit in an undocumented status for ever, a few that fail every request, a
@@ -107,8 +107,8 @@ class ChaosBatch:
         fail every request (:attr:`PERMANENT_FAULTS`) and as many others
         whose first answer takes *slow_beyond* seconds, adds
         ``max(2, n // 500)`` :attr:`missing` ids, and turns chaos on
-        (:meth:`~replipoll.testing.FakeReplicate.set_chaos`). The same *seed* scripts the same
-        batch on a new server with the same seed of its own.
+        (:meth:`~replipoll.testing.FakeReplicate.set_chaos`). The same *seed*
+        scripts the same batch on a new server with the same seed of its own.
 
         Args:
             server: The fake server (started or not); its other predictions
@@ -125,8 +125,8 @@ class ChaosBatch:
 
         Raises:
             ValueError: *n* is below 8 or *duplicates* below 0, or
-                :meth:`~replipoll.testing.FakeReplicate.set_chaos` refuses *probability* or
-                *faults*.
+                :meth:`~replipoll.testing.FakeReplicate.set_chaos` refuses
+                *probability* or *faults*.
         """
         if n < 8:
             raise ValueError("a chaos batch needs at least 8 ids")

@@ -19,12 +19,13 @@ __all__ = ["RequestWatch"]
 class RequestWatch:
     """Counts what an :class:`aiohttp.ClientSession`'s requests did, client-side.
 
-    The server's counters (:class:`~replipoll.testing.ServerStats`) see requests when they
-    arrive; this sees them when aiohttp starts and ends them, which is what a
-    test of a client wants to assert on: how many were open at once, whether
-    every started request ended, how many timed out, and whether any started
-    while a ``Retry-After`` was known to run. Give the session a client
-    borrows ``trace_configs=[watch.trace_config()]``.
+    The server's counters (:class:`~replipoll.testing.ServerStats`) see
+    requests when they arrive; this sees them when aiohttp starts and ends
+    them, which is what a test of a client wants to assert on: how many were
+    open at once, whether every started request ended, how many timed out
+    (and which), and whether any started while a ``Retry-After`` was known to
+    run. Give the session a client borrows
+    ``trace_configs=[watch.trace_config()]``.
 
     Set :attr:`budget` (usually ``client.budget``) to count
     :attr:`early_starts`: requests started while that budget was paused.
