@@ -20,18 +20,18 @@ import aiohttp
 
 from ._errors import (
     ConfigurationError,
+    HTTPStatusError,
     MissingAPIKeyError,
     PollTimeout,
-    RateLimitedError,
     RequestTimeoutError,
 )
 from ._models import Prediction
 from ._options import check_at_least, check_positive
 from ._providers import Provider, Timeouts, get_provider
 from ._retry import RetryPolicy, call_with_retries
-from ._sansio import ApiRequest, normalize_base_url
+from ._sansio import ApiRequest, Redactor, normalize_base_url
 from ._schedule import PollPolicy, RateBudget
-from ._transport import Transport
+from ._transport import DEFAULT_MAX_ANSWER_SIZE, Transport
 from ._version import VERSION
 
 __all__ = ["DEFAULT_TIMEOUT", "Client"]
@@ -40,6 +40,9 @@ __all__ = ["DEFAULT_TIMEOUT", "Client"]
 #: :meth:`Client.wait` and :class:`~replipoll.PollManager` alike: Replicate
 #: stops a prediction after 30 minutes of running, and it may queue first.
 DEFAULT_TIMEOUT: Final = 3600.0
+#: Statuses whose Retry-After pauses every request of the key: a 429 says the
+#: key's limit is spent, a 503 that the service is down for that long.
+_PAUSING: Final = frozenset({429, 503})
 
 
 def _require(owner: str, option: str, value: object, kind: type) -> None:
@@ -71,6 +74,10 @@ class Client:
             ``Retry-After`` pauses every request of this client regardless.
         burst: Requests that may go at once under ``rate_limit``.
         max_connections: Size of the owned session's connection pool.
+        max_answer_size: The largest answer accepted, in bytes, counted as
+            it arrives and after decompression (16 MiB by default; a
+            prediction whose output is inline data may need more). A bigger
+            one is a :class:`ResponseTooLargeError`, not retried.
 
     The options are read-only afterwards: to change one, make another
     client (they may share a borrowed session).
@@ -108,6 +115,7 @@ class Client:
         rate_limit: float | None = None,
         burst: int = 10,
         max_connections: int = 100,
+        max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
     ) -> None:
         preset = get_provider(provider)
         base = normalize_base_url(base_url if base_url is not None else preset.base_url)
@@ -120,6 +128,7 @@ class Client:
         check_positive("Client", "rate_limit", rate_limit, none=True)
         check_at_least("Client", "burst", burst, 1)
         check_at_least("Client", "max_connections", max_connections, 1)
+        check_at_least("Client", "max_answer_size", max_answer_size, 1024)
         key = api_key if api_key is not None else os.environ.get(preset.env_var, "")
         if not isinstance(key, str) or not key.strip():
             raise MissingAPIKeyError(preset.env_var)
@@ -138,6 +147,7 @@ class Client:
             user_agent=f"replipoll/{VERSION}",
             session=session,
             max_connections=max_connections,
+            max_answer_size=max_answer_size,
         )
 
     def __repr__(self) -> str:
@@ -304,19 +314,29 @@ class Client:
         """Send one request now (the caller took its budget slot); no retries.
 
         The interface the :class:`~replipoll.PollManager` polls through. A
-        ``Retry-After`` that ``retry`` honours pauses ``budget`` and this
-        client's own (the limit is per key).
+        ``Retry-After`` on a 429 or a 503 that ``retry`` honours pauses
+        ``budget`` and this client's own (the limit is per key); one it
+        refuses pauses nothing (that request fails, the others go on).
 
         Raises:
             RequestError: a subclass saying what failed; ``attempts`` is 1.
         """
         try:
             return await self._transport.api(request, self._timeouts, within=within)
-        except RateLimitedError as error:
+        except HTTPStatusError as error:
             after = error.retry_after
-            if after is not None and after <= retry.max_retry_after:
+            if (
+                after is not None
+                and error.status in _PAUSING
+                and after <= retry.max_retry_after
+            ):
                 until = time.monotonic() + after
                 budget.pause_until(until)
                 if budget is not self._budget:
                     self._budget.pause_until(until)
             raise
+
+    @property
+    def _redact(self) -> Redactor:
+        """Cuts this client's key out of server text (for the manager's logs)."""
+        return self._transport.redact

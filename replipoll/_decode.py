@@ -2,20 +2,26 @@
 
 :func:`make_converter` builds the one converter (called once, by
 :mod:`replipoll._models`, with the record classes) and :func:`structure`
-runs it, turning a field that does not fit into a :class:`DecodeError` that
-names it. Nothing here imports the records, so the records can use it
+runs it. Nothing here imports the records, so the records can use it
 without an import cycle.
 
-Decoding is strict about types (a ``status`` that is an object is an error, a
-``data_removed`` of ``"false"`` is not silently ``True``) and lenient about
-shape (unknown keys are kept in ``extra``, missing optional keys are ``None``,
-unknown status strings are kept as strings).
+Decoding is strict where a record cannot exist without a field and tolerant
+everywhere else, and it never loses what was sent:
+
+* a record's required fields (a prediction's ``id`` and ``status``) must be
+  there with the right JSON type, or the body is no record at all
+  (:class:`~replipoll.DecodeError` naming the field);
+* any other field whose value does not fit (a ``created_at`` of ``""``, a
+  ``data_removed`` of ``"false"``) is left at its default, and its value is
+  kept in the record's ``invalid`` mapping under its dotted name;
+* keys nobody knows are kept in ``extra``, undocumented status strings as
+  plain strings, and the whole object as received in ``raw`` (for records
+  that have that field), so a record turns back into exactly its JSON.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -26,16 +32,29 @@ from cattrs.gen import make_dict_unstructure_fn, override
 
 from ._errors import DecodeError
 
-__all__ = ["make_converter", "parse_timestamp", "structure"]
+__all__ = [
+    "FieldError",
+    "error_value",
+    "identifier",
+    "make_converter",
+    "parse_timestamp",
+    "structure",
+]
 
 T = TypeVar("T")
 
 #: The longest message a DecodeError carries.
 _MAX_MESSAGE: Final = 300
+#: No RFC 3339 timestamp is longer (nanoseconds and an offset take 35).
+_MAX_TIMESTAMP: Final = 64
+#: Fields that hold what the decoder found, not what the provider sent.
+_BOOKKEEPING: Final = frozenset({"extra", "invalid", "raw"})
+#: What a field hook raises for a value that does not fit.
+_MISFITS: Final = (TypeError, ValueError, OverflowError, RecursionError)
 
 
-class _FieldError(Exception):
-    """A value of the wrong type; carries the field name up to the record."""
+class FieldError(Exception):
+    """A required field is missing or of the wrong type; names the field."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -47,18 +66,20 @@ def parse_timestamp(value: object) -> datetime:
 
     Accepts millisecond, microsecond and nanosecond precision (nanoseconds are
     truncated to microseconds), ``Z`` or a numeric offset; a timestamp with no
-    offset is taken as UTC.
+    offset is taken as UTC. Anything longer than 64 characters is refused
+    at once, whatever it holds (a megabyte of digits takes no time).
 
     Raises:
         ValueError: ``value`` is not such a timestamp.
     """
     if type(value) is not str:
-        raise ValueError(f"expected a timestamp string, got {type(value).__name__}")
+        raise ValueError(f"expected a timestamp string, got {_json_type(value)}")
     text = value
+    if len(text) > _MAX_TIMESTAMP:
+        raise ValueError(f"not a timestamp: {len(text)} characters long")
     dot = text.find(".")
-    # Seven digits after the dot: more than datetime keeps. fromisoformat
-    # takes at most 6 before Python 3.12 is lenient everywhere; trim to be
-    # sure on every version. (An O(1) test: this runs three times a record.)
+    # More than 6 digits after the dot: more than datetime keeps, and more
+    # than fromisoformat takes before Python 3.12. Trim to 6.
     if dot != -1 and text[dot + 1 : dot + 8].isdigit():
         end = dot + 8
         while end < len(text) and text[end].isdigit():
@@ -93,20 +114,27 @@ def _integer(value: object, _: object) -> int:
     raise TypeError(f"expected an integer, got {_json_type(value)}")
 
 
-def error_text(value: object, _: object) -> str:
-    """A field documented as a string: anything else is kept as JSON text."""
-    if type(value) is str:
+def error_value(value: object, _: object) -> str | Mapping[str, Any]:
+    """A prediction's ``error``: a string as documented, or a gateway's object."""
+    if type(value) is str or type(value) is dict:
         return value
-    return json.dumps(value, ensure_ascii=False)
+    raise TypeError(f"expected a string or an object, got {_json_type(value)}")
+
+
+def identifier(value: object, _: object) -> str:
+    """An id: a non-empty string."""
+    if type(value) is not str or not value:
+        raise TypeError(f"expected a non-empty string, got {_json_type(value)}")
+    return value
 
 
 def _status_hook(statuses: type[enum.StrEnum]) -> Callable[[object, object], Any]:
     known: Final = {s.value: s for s in statuses}
 
     def status(value: object, _: object) -> Any:
-        if not isinstance(value, str):
+        if type(value) is not str:
             raise TypeError(f"expected a status string, got {_json_type(value)}")
-        return known.get(value, str(value))
+        return known.get(value, value)
 
     return status
 
@@ -128,6 +156,8 @@ def _any(value: object, _: object) -> object:
 def _json_type(value: object) -> str:
     if value is None:
         return "null"
+    if type(value) is str and not value:
+        return "an empty string"
     return {
         bool: "a boolean",
         int: "a number",
@@ -151,12 +181,14 @@ def make_converter(
     """Build the converter for ``records`` (attrs classes, innermost first).
 
     Args:
-        records: The record classes; each may have an ``extra`` field that
-            receives the keys it does not know.
+        records: The record classes. Fields without a default are required;
+            optional bookkeeping fields receive the unknown keys
+            (``extra``), the values that did not fit (``invalid``) and the
+            object as received (``raw``).
         statuses: The enum of documented statuses; a field typed
             ``statuses | str`` keeps an undocumented status as a plain string.
         field_hooks: Fields decoded by a hook of their own rather than by
-            their type's, e.g. ``{Prediction: {"error": error_text}}``.
+            their type's, e.g. ``{Prediction: {"error": error_value}}``.
     """
     conv = cattrs.Converter(detailed_validation=False)
     # Hooks that ignore their type argument: a field hook calls them
@@ -181,22 +213,25 @@ def make_converter(
     conv.register_unstructure_hook(datetime, _format_timestamp)
     conv.register_unstructure_hook(statuses, lambda s: s.value)
     overrides = field_hooks or {}
+    nested: set[type] = set()
     for cls in records:
         record_hook: Callable[[object, object], Any] = _record_hook(
-            conv, cls, overrides.get(cls, {}), blind, status_type
+            conv, cls, overrides.get(cls, {}), blind, status_type, nested
         )
         conv.register_structure_hook(cls, record_hook)
         blind.add(record_hook)
         conv.register_unstructure_hook(cls, _record_unhook(conv, cls))
+        nested.add(cls)
     return conv
 
 
 def _record_unhook(
     conv: cattrs.Converter, cls: type[T]
 ) -> Callable[[T], dict[str, Any]]:
-    """Unstructure ``cls`` back to the provider's JSON shape, ``extra`` included.
+    """Unstructure ``cls`` from its fields: the keys that are set.
 
-    Fields holding raw JSON (``output``, ``input``, ``extra``) are passed
+    The values of ``invalid`` and ``extra`` go back as they were received.
+    Fields holding raw JSON (``output``, ``input``, ``extra``...) are passed
     through as they are: they came from ``json.loads``, and walking them
     value by value would fail on nesting far shallower than the decoder
     accepts (a few hundred levels).
@@ -205,13 +240,20 @@ def _record_unhook(
     raw = {
         f.name: override(unstruct_hook=_same)
         for f in attrs.fields(cls)  # type: ignore[arg-type]
-        if _holds_raw_json(f.type)
+        if _holds_raw_json(f.type) or f.name in _BOOKKEEPING
     }
     generated = make_dict_unstructure_fn(cls, conv, **raw)  # type: ignore[arg-type]
 
     def unstructure(record: T) -> dict[str, Any]:
         data = generated(record)
         extra = data.pop("extra", None)
+        invalid = data.pop("invalid", None)
+        data.pop("raw", None)
+        data = {key: value for key, value in data.items() if value is not None}
+        if invalid:
+            # Values that did not fit go back as they came: this record's own
+            # (a nested record puts back its own when it is unstructured).
+            data.update((k, v) for k, v in invalid.items() if "." not in k)
         if extra:
             data.update(extra)
         return data
@@ -223,9 +265,7 @@ def _holds_raw_json(kind: object) -> bool:
     if kind is Any:
         return True
     args = getattr(kind, "__args__", ())
-    return kind == Mapping[str, Any] or (
-        type(None) in args and any(_holds_raw_json(a) for a in args)
-    )
+    return kind == Mapping[str, Any] or any(_holds_raw_json(a) for a in args)
 
 
 def _same(value: object) -> object:
@@ -242,51 +282,71 @@ def _record_hook(
     overrides: FieldHooks,
     blind: set[Callable[[Any, Any], Any]],
     status_type: object,
+    nested: set[type],
 ) -> Callable[[object, object], T]:
-    """Structure ``cls`` field by field, keeping unknown keys in ``extra``.
+    """Structure ``cls`` field by field; see the module docstring for the rules.
 
-    ``null`` for any field means "not given", so the field's default applies;
-    a value of the wrong type raises :class:`_FieldError` naming the field.
+    ``null`` for any field means "not given", so the field's default applies.
     """
     attrs.resolve_types(cls)  # type: ignore[type-var]
-    fields = [f for f in attrs.fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
-    required = [f.name for f in fields if f.default is attrs.NOTHING]
+    all_fields = attrs.fields(cls)  # type: ignore[arg-type]
+    fields = [f for f in all_fields if f.name not in _BOOKKEEPING]
+    has = {f.name for f in all_fields if f.name in _BOOKKEEPING}
+    required = frozenset(f.name for f in fields if f.default is attrs.NOTHING)
     hooks = {
         f.name: overrides.get(f.name) or _field_hook(conv, f, blind, status_type)
         for f in fields
     }
+    # Fields holding a record whose own misfits are listed under this one's.
+    holds_record = frozenset(f.name for f in fields if _record_type(f.type) in nested)
+    keep_raw = "raw" in has
 
     def structure_record(data: object, _: object) -> T:
         if type(data) is not dict:
-            raise _FieldError("", f"expected an object, got {_json_type(data)}")
+            raise FieldError("", f"expected an object, got {_json_type(data)}")
         for name in required:
             if data.get(name) is None:
-                raise _FieldError(name, "missing")
+                raise FieldError(name, "missing")
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] | None = None
-        key = ""
-        try:
-            for key, value in data.items():
-                hook = hooks.get(key)
-                if hook is None:  # a key replipoll does not know: keep it
-                    if extra is None:
-                        extra = {}
-                    extra[key] = value
-                elif value is not None:
-                    kwargs[key] = hook(value, None)
-        except _FieldError as exc:
-            raise _FieldError(f"{key}.{exc.field}".rstrip("."), str(exc)) from None
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise _FieldError(key, str(exc)) from None
-        except RecursionError:
-            # Nesting json.loads accepted can still be too deep a few frames
-            # further down (json.dumps in error_text): a bad field, no crash.
-            raise _FieldError(key, "nested too deeply") from None
+        invalid: dict[str, Any] | None = None
+        for key, value in data.items():
+            hook = hooks.get(key)
+            if hook is None:  # a key replipoll does not know: keep it
+                if extra is None:
+                    extra = {}
+                extra[key] = value
+            elif value is not None:
+                try:
+                    kwargs[key] = result = hook(value, None)
+                except (FieldError, *_MISFITS) as exc:
+                    if key in required:
+                        deep = isinstance(exc, RecursionError)
+                        message = "nested too deeply" if deep else str(exc)
+                        raise FieldError(key, message) from None
+                    if invalid is None:
+                        invalid = {}
+                    invalid[key] = value
+                    continue
+                if key in holds_record and result.invalid:
+                    if invalid is None:
+                        invalid = {}
+                    for inner, bad in result.invalid.items():
+                        invalid[f"{key}.{inner}"] = bad
         if extra:
             kwargs["extra"] = extra
+        if invalid and "invalid" in has:
+            kwargs["invalid"] = invalid
+        if keep_raw:
+            kwargs["raw"] = data
         return cls(**kwargs)
 
     return structure_record
+
+
+def _record_type(kind: object) -> object:
+    args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
+    return args[0] if len(args) == 1 else kind
 
 
 def _field_hook(
@@ -295,15 +355,12 @@ def _field_hook(
     blind: set[Callable[[Any, Any], Any]],
     status_type: object,
 ) -> Callable[[Any, Any], Any]:
-    kind = field.type
+    kind: object = field.type
     if kind is Any:
         return _any
     # "X | None" fields: None never reaches the hook (it means "absent").
-    args = getattr(kind, "__args__", ())
-    if type(None) in args and kind != status_type:
-        non_null = [a for a in args if a is not type(None)]
-        if len(non_null) == 1:
-            kind = non_null[0]
+    if kind != status_type:
+        kind = _record_type(kind)
     handler = conv.get_structure_hook(kind)
     if handler in blind:
         return handler
@@ -327,13 +384,14 @@ def structure(
     quote the server's words) before it is shortened.
 
     Raises:
-        DecodeError: with ``field`` set to the dotted path that failed.
+        DecodeError: a required field is missing or unusable; ``field``
+            names it (``""`` when the body is not an object at all).
     """
     try:
         return hook(data, None)
-    except _FieldError as exc:
+    except FieldError as exc:
         failure = exc
-    # Raised here, not in the handler: the _FieldError would stay attached
+    # Raised here, not in the handler: the FieldError would stay attached
     # as __context__, and its text may quote the body.
     where = f"field {failure.field!r}" if failure.field else "body"
     message = f"not a prediction: {where}: {failure}"

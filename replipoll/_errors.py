@@ -4,19 +4,25 @@
 
     ReplipollError
     ├── ConfigurationError (ValueError)       a bad provider, URL or option; .option
-    │   └── MissingAPIKeyError                no key given and its env var is unset
+    │   ├── MissingAPIKeyError                no key given and its env var is unset
+    │   └── BaseURLError (+ DecodeError)      the base URL serves something else
     ├── InvalidPredictionIdError (ValueError) rejected before any request is sent
     ├── ClientClosedError (RuntimeError)      the client was closed; no request sent
+    ├── ManagerClosedError                    the PollManager closed first
     ├── RequestError                          a request failed; .attempts, .request_id
-    │   ├── HTTPStatusError                   an answer with a non-2xx status
-    │   │   ├── BadRequestError               400, 422, other 4xx; 3xx
+    │   ├── HTTPStatusError                   a non-2xx answer; .retry_after
+    │   │   ├── BadRequestError               400, 408, 422, other 4xx; 3xx
     │   │   ├── AuthenticationError           401, 403
     │   │   ├── NotFoundError                 404
-    │   │   ├── RateLimitedError              429; .retry_after
-    │   │   └── ServerError                   5xx, 524
+    │   │   ├── RateLimitedError              429
+    │   │   └── ServerError                   5xx, Cloudflare's 52x
     │   ├── DecodeError                       a 2xx body that is not a prediction
+    │   │   ├── GatewayError                  ... but the gateway's own error
+    │   │   ├── MismatchedIdError             ... but another prediction's record
+    │   │   └── BaseURLError                  ... but an HTML page: see above
+    │   ├── ResponseTooLargeError             an answer over the size limit; .limit
     │   └── TransportError                    no usable answer at all
-    │       ├── ConnectError                  refused, reset, dropped
+    │       ├── ConnectError                  refused, reset, dropped, cut off
     │       └── RequestTimeoutError           the per-request timeout passed
     ├── PollTimeout                           a prediction's deadline passed
     └── DownloadError                         an output file could not be saved
@@ -41,13 +47,17 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
+    "BaseURLError",
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
     "DecodeError",
     "DownloadError",
+    "GatewayError",
     "HTTPStatusError",
     "InvalidPredictionIdError",
+    "ManagerClosedError",
+    "MismatchedIdError",
     "MissingAPIKeyError",
     "NotFoundError",
     "PollTimeout",
@@ -55,6 +65,7 @@ __all__ = [
     "ReplipollError",
     "RequestError",
     "RequestTimeoutError",
+    "ResponseTooLargeError",
     "ServerError",
     "TransportError",
 ]
@@ -183,11 +194,25 @@ class RequestError(ReplipollError):
 
 
 class HTTPStatusError(RequestError):
-    """The API answered with a status that is not a success."""
+    """The API answered with a status that is not a success.
+
+    Attributes:
+        retry_after: Seconds the provider asked to wait before trying again
+            (a ``Retry-After`` or ``retry-after-ms`` header, or a
+            ``retry_after`` in the body), or ``None`` if it asked nothing.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, **kw: object
+    ) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
 
 
 class BadRequestError(HTTPStatusError):
     """400, 422 and other 4xx answers: the request itself is wrong; not retried.
+
+    (408, Request Timeout, is retried.)
 
     Also a 3xx: redirects are never followed (they would take the request,
     and the key, to a path nobody configured), so a gateway that redirects
@@ -204,22 +229,14 @@ class NotFoundError(HTTPStatusError):
 
 
 class RateLimitedError(HTTPStatusError):
-    """429: the key's rate limit was hit.
-
-    Attributes:
-        retry_after: Seconds the provider asked to wait (``Retry-After`` header
-            or a ``retry_after`` body field), or ``None`` if it gave none.
-    """
-
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, **kw: object
-    ) -> None:
-        super().__init__(message, **kw)  # type: ignore[arg-type]
-        self.retry_after = retry_after
+    """429: the key's rate limit was hit; its ``retry_after`` pauses every request."""
 
 
 class ServerError(HTTPStatusError):
-    """5xx (and Cloudflare's 524): the provider or a gateway failed."""
+    """5xx (and Cloudflare's 520-527, 529): the provider or a gateway failed.
+
+    A 503 with a ``Retry-After`` pauses every request, like a 429.
+    """
 
 
 class DecodeError(RequestError):
@@ -239,6 +256,64 @@ class DecodeError(RequestError):
         self.transient = transient
 
 
+class GatewayError(DecodeError):
+    """A 2xx answer that is a gateway's own error instead of a prediction.
+
+    Some gateways answer ``200 OK`` with ``{"success": false, "message": ...}``
+    or ``{"error": {"message": ...}}``; the message and request id are the
+    gateway's. Not retried.
+    """
+
+
+class MismatchedIdError(DecodeError):
+    """A prediction came back, but not the one asked for.
+
+    A proxy that mixes answers up; the record is not filed under the wrong
+    id. Retried.
+
+    Attributes:
+        expected: The id that was asked for.
+        received: The id of the record that came back.
+    """
+
+    def __init__(
+        self, message: str, *, expected: str, received: str, **kw: object
+    ) -> None:
+        super().__init__(message, transient=True, **kw)  # type: ignore[arg-type]
+        self.expected = expected
+        self.received = received
+
+
+class BaseURLError(DecodeError, ConfigurationError):
+    """The base URL answered ``2xx`` with an HTML page, not the API.
+
+    Usually a base URL missing its ``/v1`` (``/replicate/v1`` on gateways),
+    or a proxy's login page. Every request would get the same: not retried,
+    and a :class:`~replipoll.PollManager` says it once in its log.
+    """
+
+    def __init__(self, message: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.option = "base_url"
+
+
+class ResponseTooLargeError(RequestError):
+    """An answer was larger than the client accepts; not retried.
+
+    Counted while the body streams in, after decompression, so a huge or
+    endless body, or a small one that unpacks to gigabytes, is cut off at
+    the limit.
+
+    Attributes:
+        limit: The most bytes accepted (``Client(max_answer_size=...)``, or
+            ``save_outputs(max_size=...)`` for output files).
+    """
+
+    def __init__(self, message: str, *, limit: int, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.limit = limit
+
+
 class TransportError(RequestError):
     """No usable answer: the connection failed or the request timed out."""
 
@@ -249,6 +324,24 @@ class ConnectError(TransportError):
 
 class RequestTimeoutError(TransportError):
     """One request took longer than its per-request timeout."""
+
+
+class ManagerClosedError(ReplipollError):
+    """The :class:`~replipoll.PollManager` was closed before this id finished.
+
+    What every unfinished id's future ends with when the manager closes
+    (its ``async with`` block exits): an error of its own, not a
+    cancellation, so code awaiting it knows nothing cancelled it.
+
+    Attributes:
+        prediction_id: The id that was still being polled.
+    """
+
+    def __init__(self, prediction_id: str) -> None:
+        super().__init__(
+            f"the PollManager closed before prediction {prediction_id} finished"
+        )
+        self.prediction_id = prediction_id
 
 
 class PollTimeout(ReplipollError):

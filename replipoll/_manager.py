@@ -20,15 +20,20 @@ import inspect
 import logging
 import math
 import time
-from collections import Counter
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Final, Self
 
-import attrs
-
 from ._client import DEFAULT_TIMEOUT, Client
-from ._errors import ConfigurationError, PollTimeout, RateLimitedError, RequestError
+from ._errors import (
+    BaseURLError,
+    ConfigurationError,
+    ManagerClosedError,
+    PollTimeout,
+    RateLimitedError,
+    RequestError,
+)
 from ._models import Prediction
 from ._options import (
     check_at_least,
@@ -36,6 +41,7 @@ from ._options import (
     check_non_negative,
     check_positive,
 )
+from ._results import PollResult, PollStats, StatusTally
 from ._retry import Retrying, RetryPolicy
 from ._sansio import ApiRequest
 from ._schedule import PollPolicy, RateBudget, TimerQueue
@@ -47,72 +53,14 @@ logger: Final = logging.getLogger("replipoll")
 #: Called with each record whose status differs from the last one seen.
 UpdateCallback = Callable[[Prediction], Awaitable[None] | None]
 
-
-@attrs.frozen
-class PollResult:
-    """How polling one id ended.
-
-    Attributes:
-        id: The prediction id, as submitted.
-        prediction: The terminal record; on error, the last record seen (or
-            ``None`` if none arrived).
-        error: ``None`` if a terminal record arrived; otherwise the exception
-            that ended this id (:class:`~replipoll.NotFoundError`,
-            :class:`~replipoll.PollTimeout`, a ``RequestError`` whose
-            ``attempts`` says retries were exhausted, ...).
-    """
-
-    id: str
-    prediction: Prediction | None
-    error: BaseException | None = None
-
-    @property
-    def is_terminal(self) -> bool:
-        """Whether a terminal record arrived (succeeded, failed, canceled, aborted).
-
-        False when polling ended in an error (see :attr:`error`). A
-        ``failed`` prediction is terminal; :attr:`succeeded` tells them apart.
-        """
-        return self.error is None
-
-    @property
-    def succeeded(self) -> bool:
-        """True when the prediction reached ``succeeded``."""
-        return (
-            self.error is None
-            and self.prediction is not None
-            and (self.prediction.status == "succeeded")
-        )
-
-
-@attrs.frozen
-class PollStats:
-    """A snapshot of a :class:`PollManager`'s counters."""
-
-    #: Ids being polled now.
-    tracked: int
-    #: Ids whose polling ended (a terminal record or an error).
-    finished: int
-    #: Ids that ended with an error.
-    errors: int
-    #: Requests open right now.
-    in_flight: int
-    #: The most requests that were ever open at once.
-    peak_in_flight: int
-    #: Latest status of every id submitted ("unknown" before its first answer).
-    by_status: dict[str, int]
-    #: Requests sent, retries included.
-    requests: int
-    #: Failed requests that were tried again.
-    retries: int
-    #: 429 answers received.
-    throttled: int
-    #: Seconds requests spent waiting for the rate budget, summed.
-    budget_wait: float
+#: Seconds the cancel of an id whose deadline passed may take, at most
+#: (``cancel_on_timeout``); it runs beside the manager, not in the id's time.
+CANCEL_DEADLINE: Final = 10.0
 
 
 class _Track:
     __slots__ = (
+        "counted",
         "deadline",
         "future",
         "id",
@@ -125,12 +73,11 @@ class _Track:
     def __init__(
         self,
         request: ApiRequest,
-        pid: str,
         future: asyncio.Future[Prediction],
         now: float,
         deadline: float,
     ) -> None:
-        self.id = pid
+        self.id = request.prediction_id
         self.request = request
         self.future = future
         self.started = now
@@ -138,6 +85,8 @@ class _Track:
         # The retry state of a run of failed requests; None after a success.
         self.retrying: Retrying | None = None
         self.last: Prediction | None = None
+        # The name this id is counted under in the status tally.
+        self.counted = "unknown"
 
 
 def _report(
@@ -146,13 +95,6 @@ def _report(
     future: asyncio.Future[Prediction],
 ) -> None:
     queue.put_nowait((pid, future))
-
-
-def _retrieve(future: asyncio.Future[Prediction]) -> None:
-    # The error also reaches every awaiter; this only stops asyncio from
-    # logging "exception was never retrieved" for futures nobody awaits.
-    if not future.cancelled():
-        future.exception()
 
 
 class PollManager:
@@ -175,15 +117,19 @@ class PollManager:
         on_update: Called (sync or async) with each record whose status
             changed. It runs in a worker, so keep it short. If it raises,
             that id ends with the callback's exception.
-        cancel_on_timeout: Also ``POST .../cancel`` an id whose deadline passed.
+        cancel_on_timeout: Also ``POST .../cancel`` an id whose deadline
+            passed. The id still ends at its deadline; the cancel goes out
+            beside it, within its own 10 s, and its outcome is logged.
         coalesce: Seconds. Polls falling due within the same window of this
             length go out together, so the event loop wakes up once for
             many of them: 14% less CPU per request in the end-to-end
             benchmark (see :doc:`/benchmarks`). A poll goes at most
             this much later than the policy says; ``0`` turns it off.
 
-    Use it as ``async with``; on exit every poll still running is cancelled
-    and awaited, and the futures of unfinished ids are cancelled.
+    Use it as ``async with``; on exit every poll still running is stopped and
+    awaited, and every unfinished id ends with
+    :class:`~replipoll.ManagerClosedError` (an error, not a cancellation:
+    nothing cancelled the code awaiting it).
 
     Raises:
         ConfigurationError: a bad option; ``option`` names it.
@@ -256,14 +202,19 @@ class PollManager:
         # Deadlines are a queue of their own, so that they pass on time
         # whatever the workers are doing (all asleep in a Retry-After, say).
         self._deadlines = TimerQueue()
-        self._queue: asyncio.Queue[str] | None = None
+        self._queue: asyncio.Queue[str | None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._unknown_seen: set[str] = set()
-        self._by_status: Counter[str] = Counter()
+        self._tally = StatusTally(redact=client._redact, say=_say_undocumented)
+        # The last record of each id that ended in an error, for its PollResult.
+        self._last_seen: weakref.WeakKeyDictionary[
+            asyncio.Future[Prediction], Prediction
+        ] = weakref.WeakKeyDictionary()
+        self._cancels: set[asyncio.Task[None]] = set()
+        self._said_base_url = False
         self._finished = self._errors = self._in_flight = self._peak = 0
         self._requests = self._retries = self._throttled = 0
         self._budget_wait = 0.0
@@ -282,7 +233,7 @@ class PollManager:
     ) -> None:
         await self.close()
 
-    def _start(self) -> asyncio.Queue[str]:
+    def _start(self) -> asyncio.Queue[str | None]:
         if self._closed:
             raise RuntimeError("this PollManager is closed")
         if self._queue is None:
@@ -295,19 +246,28 @@ class PollManager:
         return self._queue
 
     async def close(self) -> None:
-        """Stop polling: cancel and await every worker, cancel unfinished futures."""
+        """Stop polling: stop and await every worker, end every unfinished id.
+
+        An unfinished id's future fails with
+        :class:`~replipoll.ManagerClosedError`; cancels sent for ids past
+        their deadline (``cancel_on_timeout``) are stopped too.
+        """
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         workers, self._workers = self._workers, []
-        for task in workers:
+        tasks = [*workers, *self._cancels]
+        self._cancels = set()
+        for task in tasks:
             task.cancel()
-        if workers:
-            await asyncio.gather(*workers, return_exceptions=True)
-        tracks, self._tracks = self._tracks, {}
-        for track in tracks.values():
-            track.future.cancel()
+        if self._queue is not None:
+            for _ in workers:  # for a worker that lost its cancellation
+                self._queue.put_nowait(None)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for track in list(self._tracks.values()):
+            self._fail(track, ManagerClosedError(track.id))
         self._polls = TimerQueue()
         self._deadlines = TimerQueue()
 
@@ -325,31 +285,26 @@ class PollManager:
             InvalidPredictionIdError: the id is unusable; nothing is tracked.
         """
         request = ApiRequest.for_prediction("GET", prediction_id)
-        pid = prediction_id
-        track = self._tracks.get(pid)
+        track = self._tracks.get(request.prediction_id)
         if track is not None:
             if not track.future.done():
                 return track.future
-            # An awaiter cancelled the shared future (asyncio.wait_for does on
-            # timeout): handing it out again would fail every later caller at
-            # once. Forget that track and start a fresh one.
-            self._forget(track)
-            self._by_status[self._status_of(track)] -= 1
+            # Cancelled a moment ago; its done callback has yet to run.
+            self._stop_tracking(track)
         queue = self._start()
         assert self._loop is not None
         now = self._loop.time()
         deadline = now + self.timeout if self.timeout is not None else math.inf
         future: asyncio.Future[Prediction] = self._loop.create_future()
-        future.add_done_callback(_retrieve)
-        track = _Track(request, pid, future, now, deadline)
-        self._tracks[pid] = track
-        if deadline < math.inf and not self.cancel_on_timeout:
-            # (With cancel_on_timeout a worker ends the id: that takes a request.)
-            self._deadlines.push(pid, deadline)
+        track = _Track(request, future, now, deadline)
+        future.add_done_callback(functools.partial(self._settled, track))
+        self._tracks[track.id] = track
+        if deadline < math.inf:
+            self._deadlines.push(track.id, deadline)
             if deadline < self._timer_at:
                 self._arm(deadline)
-        self._by_status["unknown"] += 1
-        queue.put_nowait(pid)
+        self._tally.count(track.counted)
+        queue.put_nowait(track.id)
         return future
 
     async def wait(self, prediction_id: str) -> Prediction:
@@ -400,21 +355,26 @@ class PollManager:
 
         With ``remote=False`` the id's future is cancelled and polling stops.
         With ``remote=True`` a ``POST .../cancel`` is sent; the answer is
-        returned, and the id (if tracked) resolves once it is terminal.
+        returned, ``on_update`` hears of it like of any status change, and
+        the id (if tracked) resolves once it is terminal.
         """
         if not remote:
             track = self._tracks.get(prediction_id)
             if track is not None:
-                self._forget(track)
-                self._by_status[self._status_of(track)] -= 1
+                self._stop_tracking(track)
                 track.future.cancel()
             return None
         prediction = await self.client.cancel(prediction_id)
         track = self._tracks.get(prediction_id)
         if track is not None:
-            self._observe(track, prediction)
-            if prediction.is_terminal:
-                self._resolve(track, prediction)
+            try:
+                if self._observe(track, prediction):
+                    await self._notify(prediction)
+            except Exception as exc:  # the callback raised: it ends the id
+                self._fail(track, exc)
+            else:
+                if prediction.is_terminal:
+                    self._resolve(track, prediction)
         return prediction
 
     @property
@@ -426,7 +386,7 @@ class PollManager:
             errors=self._errors,
             in_flight=self._in_flight,
             peak_in_flight=self._peak,
-            by_status={k: v for k, v in self._by_status.items() if v},
+            by_status=self._tally.snapshot(),
             requests=self._requests,
             retries=self._retries,
             throttled=self._throttled,
@@ -443,7 +403,7 @@ class PollManager:
                 asyncio.get_running_loop().create_future()
             )
             future.set_exception(exc)
-            future.add_done_callback(_retrieve)
+            future.exception()  # retrieved: its PollResult reports it
             return future
 
     def _result(self, pid: str, future: asyncio.Future[Prediction]) -> PollResult:
@@ -452,8 +412,21 @@ class PollManager:
         error = future.exception()
         if error is None:
             return PollResult(pid, future.result())
-        last = error.last if isinstance(error, PollTimeout) else None
-        return PollResult(pid, last, error)
+        return PollResult(pid, self._last_seen.get(future), error)
+
+    def _settled(self, track: _Track, future: asyncio.Future[Prediction]) -> None:
+        """The future of ``track`` is done, whoever did it."""
+        if future.cancelled():
+            # An awaiter cancelled the shared future (asyncio.wait_for does
+            # on timeout): stop polling the id and stop counting it;
+            # submitting it again starts afresh.
+            if self._is_current(track):
+                self._stop_tracking(track)
+        else:
+            # The error also reaches every awaiter; this only stops asyncio
+            # from logging "exception was never retrieved" for futures that
+            # nobody awaits.
+            future.exception()
 
     def _schedule(self, track: _Track, due: float) -> None:
         if self.coalesce:
@@ -483,8 +456,7 @@ class PollManager:
         for pid in self._deadlines.pop_due(now):
             track = tracks.get(pid)
             if track is not None:
-                assert self.timeout is not None
-                self._fail(track, PollTimeout(pid, self.timeout, track.last))
+                self._time_out(track)
         put = self._queue.put_nowait
         for pid in self._polls.pop_due(now):
             if pid in tracks:
@@ -503,12 +475,14 @@ class PollManager:
         assert this is not None
         while True:
             pid = await queue.get()
+            if pid is None:
+                # close() cancelled this worker just as an aiohttp timeout
+                # fired, and aiohttp took the cancellation for its own
+                # timeout; the poll ended as usual. Stop all the same.
+                return
             track = self._tracks.get(pid)
-            if track is None:
-                continue
-            if track.future.done():  # cancelled by an awaiter: stop polling it
-                self._forget(track)
-                continue
+            if track is None or track.future.done():
+                continue  # (a cancelled one is forgotten by its callback)
             try:
                 await self._poll(track, loop)
             except Exception as exc:
@@ -522,14 +496,13 @@ class PollManager:
                 # that id as cancelled. Dying here would strand every id
                 # left in the queue, and hang poll_many.
                 if self._is_current(track):
-                    self._forget(track)
                     self._finished += 1
                     self._errors += 1
                     track.future.cancel()
 
     async def _poll(self, track: _Track, loop: asyncio.AbstractEventLoop) -> None:
         if loop.time() >= track.deadline:
-            await self._time_out(track)
+            self._time_out(track)
             return
         budget = self.budget
         if not budget.try_acquire(time.monotonic()):
@@ -541,7 +514,7 @@ class PollManager:
                 async with asyncio.timeout_at(deadline):
                     self._budget_wait += await budget.acquire()
             except TimeoutError:
-                await self._time_out(track)
+                self._time_out(track)
                 return
             if not self._is_current(track):
                 return  # ended (or cancelled) while waiting
@@ -565,7 +538,7 @@ class PollManager:
             self._in_flight -= 1
             if self._is_current(track):
                 if loop.time() >= track.deadline:
-                    await self._time_out(track)
+                    self._time_out(track)
                 else:
                     self._failed_request(track, exc, sent, loop.time())
             return
@@ -589,6 +562,9 @@ class PollManager:
     ) -> None:
         if isinstance(exc, RateLimitedError):
             self._throttled += 1
+        elif isinstance(exc, BaseURLError) and not self._said_base_url:
+            self._said_base_url = True  # every id will hear the same
+            logger.warning("%s", exc)
         retrying = track.retrying
         if retrying is None:
             retrying = track.retrying = self.retry.start(sent)
@@ -599,39 +575,53 @@ class PollManager:
             self._retries += 1
             self._schedule(track, now + wait)
 
-    async def _time_out(self, track: _Track) -> None:
-        if self.cancel_on_timeout:
-            try:
-                track.last = await self.client.cancel(track.id)
-            except Exception as exc:
-                logger.warning(
-                    "could not cancel %s after its deadline: %s", track.id, exc
-                )
+    def _time_out(self, track: _Track) -> None:
+        """End ``track`` at its deadline; cancel it remotely beside, if asked."""
+        if not self._is_current(track):
+            return
         assert self.timeout is not None
         self._fail(track, PollTimeout(track.id, self.timeout, track.last))
+        if self.cancel_on_timeout and not self._closed:
+            assert self._loop is not None
+            task = self._loop.create_task(
+                self._cancel_late(track.id), name=f"replipoll-cancel-{track.id}"
+            )
+            self._cancels.add(task)
+            task.add_done_callback(functools.partial(self._cancel_done, track.id))
+
+    def _cancel_done(self, pid: str, task: asyncio.Task[None]) -> None:
+        self._cancels.discard(task)
+        if task.cancelled():  # close() stopped it, perhaps before it began
+            logger.warning(
+                "did not cancel %s after its deadline: the PollManager closed first",
+                pid,
+            )
+
+    async def _cancel_late(self, pid: str) -> None:
+        """Cancel a prediction whose deadline passed, within its own deadline."""
+        try:
+            async with asyncio.timeout(CANCEL_DEADLINE):
+                prediction = await self.client.cancel(pid)
+        except Exception as exc:  # a RequestError, or TimeoutError
+            reason = str(exc) or f"no answer within {CANCEL_DEADLINE:g}s"
+            logger.warning("could not cancel %s after its deadline: %s", pid, reason)
+        else:
+            logger.info(
+                "canceled %s after its deadline (now %s)",
+                pid,
+                self._tally.name(prediction),
+            )
 
     # -- bookkeeping ---------------------------------------------------------
 
-    @staticmethod
-    def _status_of(track: _Track) -> str:
-        return str(track.last.status) if track.last is not None else "unknown"
-
     def _observe(self, track: _Track, prediction: Prediction) -> bool:
         """Record ``prediction`` as the latest; return True if its status changed."""
-        old = self._status_of(track)
         track.last = prediction
-        new = str(prediction.status)
-        if new == old:
+        name = self._tally.name(prediction)
+        if name == track.counted:
             return False
-        self._by_status[old] -= 1
-        self._by_status[new] += 1
-        if not prediction.is_documented_status and new not in self._unknown_seen:
-            self._unknown_seen.add(new)
-            logger.warning(
-                "undocumented status %r (prediction %s); polling on until terminal",
-                new,
-                track.id,
-            )
+        self._tally.move(track.counted, name)
+        track.counted = name
         return True
 
     async def _notify(self, prediction: Prediction) -> None:
@@ -641,8 +631,8 @@ class PollManager:
                 await result
 
     def _is_current(self, track: _Track) -> bool:
-        # An id cancelled locally and submitted again has a new _Track; a
-        # request of the old one may still be running and must not touch it.
+        # An id cancelled and submitted again has a new _Track; a request of
+        # the old one may still be running and must not touch it.
         return self._tracks.get(track.id) is track
 
     def _forget(self, track: _Track) -> None:
@@ -650,6 +640,11 @@ class PollManager:
         del self._tracks[track.id]
         self._polls.discard(track.id)
         self._deadlines.discard(track.id)
+
+    def _stop_tracking(self, track: _Track) -> None:
+        """Forget a cancelled id, and stop counting it: it ended nowhere."""
+        self._forget(track)
+        self._tally.uncount(track.counted)
 
     def _resolve(self, track: _Track, prediction: Prediction) -> None:
         if self._is_current(track):
@@ -664,4 +659,22 @@ class PollManager:
             self._finished += 1
             self._errors += 1
             if not track.future.done():
+                if track.last is not None:
+                    self._last_seen[track.future] = track.last
                 track.future.set_exception(error)
+
+
+def _say_undocumented(name: str, prediction_id: str) -> None:
+    if name == StatusTally.OTHER:
+        logger.warning(
+            "%d undocumented statuses seen; any other is counted as %r and "
+            "not logged again",
+            StatusTally.MAX_UNDOCUMENTED,
+            name,
+        )
+    else:
+        logger.warning(
+            "undocumented status %r (prediction %s); polling on until terminal",
+            name,
+            prediction_id,
+        )

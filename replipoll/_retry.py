@@ -31,7 +31,6 @@ from ._errors import (
     ConfigurationError,
     DecodeError,
     HTTPStatusError,
-    RateLimitedError,
     RequestError,
     TransportError,
 )
@@ -47,9 +46,12 @@ __all__ = [
 
 logger: Final = logging.getLogger("replipoll")
 
-#: Statuses retried by default: throttling, server errors, gateway failures
-#: and Cloudflare's 524 timeout.
-DEFAULT_RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504, 524})
+#: Statuses retried by default: a request timeout, throttling, server errors,
+#: gateway failures and Cloudflare's own (520-527 and 529: the origin failed,
+#: refused, was unreachable or timed out, or its TLS failed).
+DEFAULT_RETRY_STATUSES: Final = frozenset(
+    {408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 527, 529}
+)
 
 #: Called before each retry with (attempt that failed, its error, seconds to wait).
 RetryHook = Callable[[int, BaseException, float], None]
@@ -83,16 +85,19 @@ def _check_hook(
 class RetryPolicy:
     """How replipoll retries a failed request; an immutable value.
 
-    Retried: the statuses in ``retry_statuses``, connection errors, resets,
-    per-request timeouts, and answers that were not JSON at all. Never
-    retried: 400, 401, 403, 404, 422, and JSON that is not a prediction.
+    Retried: the statuses in ``retry_statuses`` (408, 429, 500, 502, 503,
+    504 and Cloudflare's 520-527 and 529 by default), connection errors,
+    resets, per-request timeouts, truncated answers, and a record of another
+    prediction than the one asked for. Never retried: 400, 401, 403, 404,
+    422, an HTML page where JSON was expected, a gateway's error, an answer
+    over the size limit, and JSON that is not a prediction.
 
     The wait before retry *n* (1-based) is drawn uniformly from
     ``[0, min(max_delay, base_delay * 2 ** (n - 1))]`` ("full jitter", over
     :func:`backoff.expo`), and is never shorter than a ``Retry-After`` the
-    provider sent. A provider that asks for more than ``max_retry_after``
-    seconds is not retried: the :class:`~replipoll.RateLimitedError` is
-    raised with its ``retry_after``.
+    provider sent (with any status). A provider that asks for more than
+    ``max_retry_after`` seconds is not retried: the error is raised with its
+    ``retry_after``.
 
     To change a policy, pass a new one (``attrs.evolve(policy, ...)`` makes
     a changed copy); a client or manager reads it at every call.
@@ -138,12 +143,10 @@ class RetryPolicy:
 
     def is_retryable(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt (attempts and time aside)."""
-        if isinstance(error, RateLimitedError):
-            return 429 in self.retry_statuses and (
+        if isinstance(error, HTTPStatusError):
+            return error.status in self.retry_statuses and (
                 error.retry_after is None or error.retry_after <= self.max_retry_after
             )
-        if isinstance(error, HTTPStatusError):
-            return error.status in self.retry_statuses
         if isinstance(error, DecodeError):
             return error.transient
         return isinstance(error, TransportError)
@@ -204,7 +207,7 @@ class Retrying:
                 if self._rng
                 else backoff.full_jitter(ceiling)
             )
-            if isinstance(error, RateLimitedError) and error.retry_after is not None:
+            if isinstance(error, HTTPStatusError) and error.retry_after is not None:
                 wait = max(wait, error.retry_after)
             if self.deadline is not None and now + wait >= self.deadline:
                 wait = None

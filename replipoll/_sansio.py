@@ -14,22 +14,29 @@ sent; nothing here can name another host.
 from __future__ import annotations
 
 import json
+import json.scanner
+import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 import attrs
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._errors import (
     AuthenticationError,
     BadRequestError,
+    BaseURLError,
     ConfigurationError,
     DecodeError,
+    GatewayError,
     HTTPStatusError,
     InvalidPredictionIdError,
+    MismatchedIdError,
     NotFoundError,
     RateLimitedError,
     ServerError,
@@ -38,14 +45,21 @@ from ._models import Prediction, structure_prediction
 
 __all__ = [
     "MAX_ID_LENGTH",
+    "NOT_JSON",
     "ApiRequest",
     "Redactor",
+    "Said",
     "decode_prediction",
     "error_for_response",
+    "header",
     "normalize_base_url",
+    "parse_json",
+    "parse_json_yielding",
     "parse_retry_after",
     "prediction_url",
+    "provider_message",
     "request_id_from",
+    "retry_after_from",
     "validate_prediction_id",
 ]
 
@@ -70,7 +84,6 @@ _HTML_TITLE: Final = re.compile(
     rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL
 )
 _MAX_MESSAGE: Final = 300
-_NOT_JSON: Final = object()
 
 
 def validate_prediction_id(prediction_id: object) -> str:
@@ -177,8 +190,7 @@ def prediction_url(base_url: str, prediction_id: str, action: str = "") -> str:
 _ACTIONS: Final = frozenset({"", "cancel"})
 
 
-@attrs.frozen
-class ApiRequest:
+class ApiRequest(NamedTuple):
     """One API request: a method and a path below the base URL.
 
     Build it with :meth:`for_prediction`, which validates the id; the
@@ -188,6 +200,8 @@ class ApiRequest:
     method: str
     #: Relative to the base URL, without a leading slash.
     path: str
+    #: The prediction asked about: the answer must be its record.
+    prediction_id: str
 
     @classmethod
     def for_prediction(
@@ -202,7 +216,7 @@ class ApiRequest:
             raise ValueError(f"unknown action {action!r}")
         pid = validate_prediction_id(prediction_id)
         path = f"predictions/{quote(pid, safe='')}"
-        return cls(method, f"{path}/{action}" if action else path)
+        return cls(method, f"{path}/{action}" if action else path, pid)
 
 
 class Redactor:
@@ -237,40 +251,93 @@ class Redactor:
 _NO_REDACTION: Final = Redactor(None)
 
 
+_DELTA_SECONDS: Final = re.compile(r"\d+(?:\.\d*)?")
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` value, or ``None`` if unusable.
 
-    Accepts delta-seconds (fractions too, as some gateways send them) and
-    HTTP-dates. Negative values and dates in the past mean "now" (``0.0``);
-    garbage, NaN and the words ``inf``/``infinity`` give ``None``; a number
-    too large for a float gives ``inf``.
+    Accepts delta-seconds (fractions too, as some gateways send them) and an
+    HTTP-date in any of RFC 9110's three forms (IMF-fixdate, RFC 850,
+    asctime; a date without a zone is GMT, as HTTP dates are). A date in the
+    past means "now" (``0.0``); anything else (a negative number, words,
+    ``NaN``) gives ``None``; a number too large for a float gives ``inf``, so
+    that it exceeds any ``max_retry_after``. Never raises.
 
     Args:
         value: The header value.
         now: The current wall-clock time as a Unix timestamp.
+
+    Example:
+        >>> parse_retry_after("120", now=0.0), parse_retry_after("soon", now=0.0)
+        (120.0, None)
+        >>> parse_retry_after("Thu, 01 Jan 1970 00:02:00 GMT", now=60.0)
+        60.0
+        >>> parse_retry_after("Thu Jan  1 00:02:00 1970", now=60.0)
+        60.0
     """
     if value is None:
         return None
     text = value.strip()
-    if not text:
+    if not text or len(text) > 1000:
         return None
+    if _DELTA_SECONDS.fullmatch(text):
+        return float(text)  # "9" * 400 is inf: more than anyone waits
     try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when is None or when.tzinfo is None:
-            return None
-        return max(0.0, when.timestamp() - now)
-    if seconds != seconds or seconds == float("-inf"):
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if seconds == float("inf"):
-        # "inf" is no number of seconds; 400 digits are, just a huge one: it
-        # must exceed max_retry_after (not be ignored and retried at once).
-        return seconds if text[0].isdigit() else None
-    return max(0.0, seconds)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    try:
+        return max(0.0, when.timestamp() - now)
+    except (OverflowError, OSError, ValueError):  # pragma: no cover - year 9999
+        return None
+
+
+def retry_after_from(
+    headers: Mapping[str, str], data: Any, message: str, now: float
+) -> float | None:
+    """Seconds an error answer asks to wait, from wherever it says so.
+
+    In order: ``Retry-After`` (seconds or an HTTP-date), ``retry-after-ms``
+    (milliseconds, sent by some stacks), a ``retry_after`` number in a JSON
+    body, and Replicate's "resets in ~30s" in the message. ``None`` if none
+    is usable. Never raises.
+    """
+    seconds = parse_retry_after(header(headers, "Retry-After"), now)
+    if seconds is not None:
+        return seconds
+    millis = parse_retry_after(header(headers, "Retry-After-Ms"), now)
+    if millis is not None:
+        return millis / 1000.0
+    if isinstance(data, dict):
+        value = data.get("retry_after")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:  # a 400-digit integer
+                return math.inf
+            if number >= 0:  # (NaN is not)
+                return number
+    match = _RESETS_IN.search(message)
+    return float(match.group(1)) if match else None
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name``, in whatever case either side spelled it.
+
+    aiohttp's headers ignore case already; a plain ``dict`` (a test's, or
+    another HTTP library's) does not.
+    """
+    value = headers.get(name)
+    if value is not None or isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        return value
+    wanted = name.lower()
+    for key, found in headers.items():
+        if key.lower() == wanted:
+            return found
+    return None
 
 
 def request_id_from(
@@ -284,18 +351,65 @@ def request_id_from(
     here, before it is cut to 200 characters.
     """
     for name in REQUEST_ID_HEADERS:
-        value = headers.get(name)
+        value = header(headers, name)
         if value:
             return redact(value)[:200]
     match = _MESSAGE_REQUEST_ID.search(message)
     return match.group(1) if match else None
 
 
-def _load_json(body: bytes) -> Any:
+#: What :func:`parse_json` returns for a body that is not JSON.
+NOT_JSON: Final = object()
+#: Error bodies are read for their message up to this size (a real error
+#: body is a few hundred bytes; a bigger one is shown as text).
+_MAX_ERROR_JSON: Final = 64 * 1024
+
+
+def parse_json(body: bytes) -> Any:
+    """``json.loads``, with :data:`NOT_JSON` for anything that is not JSON."""
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+        return NOT_JSON
+
+
+class _Stopped(Exception):
+    """:func:`parse_json_yielding` was asked to stop."""
+
+
+def parse_json_yielding(body: bytes, stop: Callable[[], bool]) -> Any:
+    """:func:`parse_json` for big bodies, run in a worker thread.
+
+    ``json.loads`` holds the GIL for the whole body: a 16 MiB array of
+    numbers takes half a second, during which the event loop is frozen,
+    from whatever thread it runs. This parser is json's pure-Python scanner
+    (its C string scanner still reads each string): slower, but it runs
+    Python code between tokens, so the interpreter hands the event loop its
+    turn every few milliseconds. It checks ``stop()`` at each string and
+    number and gives up (:data:`NOT_JSON` is *not* returned then: it raises
+    ``RuntimeError``) when asked, e.g. once its request's deadline passed.
+    """
+
+    def checked(parse: Callable[..., Any]) -> Callable[..., Any]:
+        def parse_checked(*args: Any) -> Any:
+            if stop():
+                raise _Stopped
+            return parse(*args)
+
+        return parse_checked
+
+    decoder = json.JSONDecoder()
+    decoder.parse_string = checked(decoder.parse_string)  # type: ignore[attr-defined]
+    decoder.parse_int = checked(decoder.parse_int)
+    decoder.parse_float = checked(decoder.parse_float)
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    try:
+        text = body.decode("utf-8")
+        return decoder.decode(text)
+    except _Stopped:
+        raise RuntimeError("stopped") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return NOT_JSON
 
 
 def _shorten(text: str) -> str:
@@ -303,56 +417,94 @@ def _shorten(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
+def _is_html(body: bytes) -> bool:
+    head = body[:2048].lstrip().lower()
+    return head.startswith((b"<!doctype", b"<html")) or b"<body" in head
+
+
+@attrs.frozen
+class Said:
+    """What an answer's body says: the provider's message, its JSON, its request id.
+
+    ``message`` is redacted, then shortened; ``request_id`` is what a
+    CometAPI-style ``(request id: ...)`` in the whole message names.
+    """
+
+    message: str
+    data: Any
+    request_id: str | None
+
+
 def provider_message(
     status: int,
     body: bytes,
     reason: str = "",
     redact: Redactor = _NO_REDACTION,
-) -> tuple[str, Any]:
+    data: Any = NOT_JSON,
+) -> Said:
     """The provider's own message from an error body, and the parsed JSON.
 
     Understands Replicate's problem+json (``detail``, then ``title``),
-    CometAPI's OpenAI-style ``{"error": {"message": ...}}``, plain strings and
-    HTML pages (their ``<title>``). The text is redacted, then shortened.
+    CometAPI's OpenAI-style ``{"error": {"message": ...}}``, gateways'
+    ``{"success": false, "message": ...}``, plain strings and HTML pages
+    (their ``<title>``). The text is redacted before it is shortened, so no
+    part of the key survives the cut.
+
+    Args:
+        data: The body parsed already, if it was.
     """
 
-    def clean(text: str) -> str:
-        return _shorten(redact(text))
+    def said(text: str, parsed: Any) -> Said:
+        clean = redact(text)
+        match = _MESSAGE_REQUEST_ID.search(clean)
+        return Said(_shorten(clean), parsed, match.group(1) if match else None)
 
-    data = _load_json(body) if body else None
+    if data is NOT_JSON and body and len(body) <= _MAX_ERROR_JSON:
+        data = parse_json(body)
+    parsed = None if data is NOT_JSON else data
     if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return clean(error["message"]), data
-        for key in ("detail", "title", "message", "error"):
-            if isinstance(data.get(key), str) and data[key]:
-                return clean(data[key]), data
+        text = _message_in(data)
+        if text is not None:
+            return said(text, data)
     elif isinstance(data, str) and data:
-        return clean(data), data
-    head = body[:2048].lstrip().lower()
-    if head.startswith((b"<!doctype", b"<html")) or b"<body" in head:
+        return said(data, data)
+    if _is_html(body):
         title = _HTML_TITLE.search(body[:8192])
         text = title.group(1).decode("utf-8", "replace").strip() if title else ""
-        return clean(f"HTML page: {text}" if text else "HTML error page"), None
+        return said(f"HTML page: {text}" if text else "HTML error page", parsed)
     if body.strip():
         # A secret may straddle any cut: redact a span longer than any key
         # could reach past the message's end, then shorten.
-        text = body[: _MAX_MESSAGE * 4].decode("utf-8", "replace")
-        return clean(text), None
-    return redact(reason or f"HTTP {status}") + " (empty body)", None
+        return said(body[: _MAX_MESSAGE * 4].decode("utf-8", "replace"), parsed)
+    return said((reason or f"HTTP {status}") + " (empty body)", parsed)
 
 
-def _body_retry_after(data: Any, message: str) -> float | None:
-    if isinstance(data, dict):
-        value = data.get("retry_after")
-        if (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and 0 <= value < float("inf")
-        ):
-            return float(value)
-    match = _RESETS_IN.search(message)
-    return float(match.group(1)) if match else None
+def _message_in(data: dict[str, Any]) -> str | None:
+    error = data.get("error")
+    if isinstance(error, dict):
+        for key in ("message", "detail", "msg"):
+            text = error.get(key)
+            if isinstance(text, str) and text:
+                return text
+    for key in ("detail", "title", "message", "msg", "error"):
+        text = data.get(key)
+        if isinstance(text, str) and text:
+            return text
+    return None
+
+
+def _gateway_error(data: dict[str, Any]) -> str | None:
+    """The message of a gateway's error sent with a 2xx status, else ``None``."""
+    if "id" in data and "status" in data:
+        return None  # a prediction, perhaps a failed one: not an envelope
+    failed = data.get("success") is False or data.get("ok") is False
+    if failed or "error" in data or "detail" in data:
+        message = _message_in(data)
+        if message is not None:
+            return message
+        if failed or isinstance(data.get("error"), dict):
+            return json.dumps(data, ensure_ascii=False)[: _MAX_MESSAGE * 4]
+    return None
 
 
 _STATUS_ERRORS: Final[Mapping[int, type[HTTPStatusError]]] = {
@@ -376,32 +528,33 @@ def error_for_response(
 ) -> HTTPStatusError:
     """Map a non-2xx answer to the matching :class:`HTTPStatusError`.
 
+    Every such error carries the ``retry_after`` the answer asked for, if
+    any (see :func:`retry_after_from`); what honours it is the retry policy's
+    business.
+
     Args:
         now: The current wall-clock Unix time, to read HTTP-date ``Retry-After``.
         redact: Cuts the API key out of the server's words before they are
             shortened into the error.
     """
-    message, data = provider_message(status, body, reason, redact)
-    request_id = request_id_from(headers, message, redact)
-    common: dict[str, Any] = {
-        "method": method,
-        "url": url,
-        "status": status,
-        "request_id": request_id,
-    }
+    said = provider_message(status, body, reason, redact)
+    message = said.message
+    request_id = request_id_from(headers, redact=redact) or said.request_id
     cls = _STATUS_ERRORS.get(status)
-    if cls is RateLimitedError:
-        retry_after = parse_retry_after(headers.get("Retry-After"), now)
-        if retry_after is None:
-            retry_after = _body_retry_after(data, message)
-        return RateLimitedError(message, retry_after=retry_after, **common)
     if cls is None:
         cls = ServerError if status >= 500 else BadRequestError
     if 300 <= status < 400:
         # Redirects are not followed (see the transport); say where it pointed.
-        location = _shorten(redact(headers.get("Location", ""))) or "nowhere"
+        location = _shorten(redact(header(headers, "Location") or "")) or "nowhere"
         message = f"{message}; redirect to {location} not followed, check base_url"
-    return cls(message, **common)
+    return cls(
+        message,
+        method=method,
+        url=url,
+        status=status,
+        request_id=request_id,
+        retry_after=retry_after_from(headers, said.data, message, now),
+    )
 
 
 def decode_prediction(
@@ -409,33 +562,33 @@ def decode_prediction(
     headers: Mapping[str, str],
     body: bytes,
     *,
+    data: Any = NOT_JSON,
+    expected_id: str | None = None,
     method: str = "GET",
     url: str = "",
     redact: Redactor = _NO_REDACTION,
 ) -> Prediction:
     """Decode a 2xx answer's body into a :class:`Prediction`.
 
+    Args:
+        data: The body parsed already (by :func:`parse_json_yielding`, say);
+            parsed here if not.
+        expected_id: The id asked for; a record of another id is an error.
+
     Raises:
         DecodeError: ``transient`` is True when the body was not JSON at all
-            (a truncated answer, an HTML page): worth another try.
+            (a truncated answer): worth another try.
+        BaseURLError: the body is an HTML page; not retried.
+        GatewayError: the body is a gateway's error, not a prediction.
+        MismatchedIdError: the record is another prediction's; retried.
     """
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        data = _NOT_JSON
-    if data is _NOT_JSON:
-        # Raised outside the handler: json's error would stay attached as
+    if data is NOT_JSON:
+        data = parse_json(body)
+    if data is NOT_JSON or (isinstance(data, dict) and _gateway_error(data)):
+        # Raised outside any handler: json's error would stay attached as
         # __context__, holding the whole body (which may echo the request).
-        message, _ = provider_message(status, body, redact=redact)
-        raise DecodeError(
-            f"answer is not JSON: {message}",
-            transient=True,
-            status=status,
-            request_id=request_id_from(headers, message, redact),
-            method=method,
-            url=url,
-        )
-    return structure_prediction(
+        raise _not_a_prediction(status, headers, body, data, method, url, redact)
+    record = structure_prediction(
         data,
         status=status,
         request_id=request_id_from(headers, redact=redact),
@@ -443,3 +596,45 @@ def decode_prediction(
         method=method,
         redact=redact,
     )
+    if expected_id is not None and record.id != expected_id:
+        raise MismatchedIdError(
+            f"the answer is another prediction's: "
+            f"{_shorten(redact(repr(record.id)))}, not {expected_id!r}",
+            expected=expected_id,
+            received=_shorten(redact(record.id)),
+            status=status,
+            request_id=request_id_from(headers, redact=redact),
+            method=method,
+            url=url,
+        )
+    return record
+
+
+def _not_a_prediction(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    data: Any,
+    method: str,
+    url: str,
+    redact: Redactor,
+) -> DecodeError:
+    """The error for a 2xx body that is an HTML page, garbage or an envelope."""
+    said = provider_message(status, body, redact=redact, data=data)
+    common: dict[str, Any] = {
+        "status": status,
+        "request_id": request_id_from(headers, redact=redact) or said.request_id,
+        "method": method,
+        "url": url,
+    }
+    if data is not NOT_JSON:
+        return GatewayError(
+            f"the gateway answered with an error: {said.message}", **common
+        )
+    if _is_html(body):
+        return BaseURLError(
+            f"the answer is an HTML page, not the API ({said.message}): is "
+            f"base_url right? It usually ends in /v1 (/replicate/v1 on gateways)",
+            **common,
+        )
+    return DecodeError(f"answer is not JSON: {said.message}", transient=True, **common)

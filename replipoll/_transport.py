@@ -17,11 +17,14 @@ reaches an error. Decoding and status mapping are the pure functions of
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
 
@@ -31,16 +34,52 @@ from ._errors import (
     ConnectError,
     RequestError,
     RequestTimeoutError,
+    ResponseTooLargeError,
     TransportError,
 )
 from ._models import Prediction
 from ._providers import Timeouts
-from ._sansio import ApiRequest, Redactor, decode_prediction, error_for_response
+from ._sansio import (
+    ApiRequest,
+    Redactor,
+    decode_prediction,
+    error_for_response,
+    parse_json,
+    parse_json_yielding,
+    request_id_from,
+)
 
-__all__ = ["TRANSLATIONS", "Sink", "Transport", "translate"]
+__all__ = [
+    "DEFAULT_MAX_ANSWER_SIZE",
+    "TRANSLATIONS",
+    "Sink",
+    "Transport",
+    "translate",
+]
+
+logger: Final = logging.getLogger("replipoll")
 
 #: Bytes asked of the socket at a time when streaming a download.
 CHUNK_SIZE: Final = 64 * 1024
+#: The largest API answer accepted by default, counted after decompression.
+DEFAULT_MAX_ANSWER_SIZE: Final = 16 * 1024 * 1024
+#: Answers up to this size are parsed at once (a few milliseconds at most);
+#: bigger ones in a worker thread that lets the event loop run meanwhile.
+_INLINE_JSON: Final = 256 * 1024
+#: Fields whose misfit was logged already (once per process each).
+_REPORTED: Final[set[str]] = set()
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it passes ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _connector_message(exc: BaseException) -> str:
@@ -131,6 +170,29 @@ def translate(
     raise TypeError(f"not a transport failure: {type(exc).__name__}")  # a bug
 
 
+async def _parse_big(body: bytes, left: float | None, *, method: str, url: str) -> Any:
+    """Parse a big body in a worker thread, within ``left`` seconds.
+
+    The event loop goes on meanwhile (see
+    :func:`~replipoll._sansio.parse_json_yielding`); past the request's
+    deadline the parse is stopped and the request timed out.
+    """
+    stop = threading.Event()
+    try:
+        async with asyncio.timeout(left):
+            return await asyncio.to_thread(parse_json_yielding, body, stop.is_set)
+    except TimeoutError:
+        failure = RequestTimeoutError(
+            f"timed out: a {len(body)}-byte answer took longer to parse than "
+            f"the request had left",
+            method=method,
+            url=url,
+        )
+    finally:
+        stop.set()  # a parse still running ends at its next token
+    raise failure
+
+
 class Sink(Protocol):
     """Where :meth:`Transport.download` puts a body; opened once it is 2xx."""
 
@@ -160,6 +222,7 @@ class Transport:
         "_closed",
         "_headers",
         "_last_timeout",
+        "_max_answer_size",
         "_max_connections",
         "_owns_session",
         "_redact",
@@ -174,8 +237,10 @@ class Transport:
         base_url: str = "",
         headers: Mapping[str, str] | None = None,
         redact: Redactor | None = None,
+        max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
     ) -> None:
         self._base_url = base_url
+        self._max_answer_size = max_answer_size
         self._headers = headers
         self._redact = redact if redact is not None else Redactor(None)
         self._session = session
@@ -193,6 +258,7 @@ class Transport:
         user_agent: str,
         session: aiohttp.ClientSession | None = None,
         max_connections: int = 100,
+        max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
     ) -> Transport:
         """A transport whose :meth:`api` requests go to ``base_url`` with the key."""
         headers = {
@@ -206,6 +272,7 @@ class Transport:
             base_url=base_url,
             headers=headers,
             redact=Redactor(api_key),
+            max_answer_size=max_answer_size,
         )
 
     @classmethod
@@ -240,6 +307,11 @@ class Transport:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed
+
+    @property
+    def redact(self) -> Redactor:
+        """Cuts this transport's key out of text (a no-op without a key)."""
+        return self._redact
 
     def session(self) -> aiohttp.ClientSession:
         """The session, made on first use when none was borrowed.
@@ -323,7 +395,9 @@ class Transport:
         session = self.session()
         url = f"{self._base_url}/{request.path}"
         method = request.method
+        started = time.monotonic()
         timeout, total = self._timeout(timeouts, within)
+        limit = self._max_answer_size
         failure: BaseException | None = None
         try:
             # Never follow a redirect: it would send the request (the key
@@ -332,10 +406,15 @@ class Transport:
             async with session.request(
                 method, url, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
-                body = await response.read()
                 status = response.status
                 answer_headers = response.headers
                 reason = response.reason or ""
+                length = response.content_length
+                if length is not None and "Content-Encoding" not in answer_headers:
+                    # The size is known before a byte is read.
+                    body = await response.read() if length <= limit else None
+                else:  # chunked, or compressed: counted as it unpacks
+                    body = await _read_capped(response.content, limit)
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = exc
         if failure is not None:
@@ -343,20 +422,62 @@ class Transport:
                 failure, method=method, url=url, timeouts=timeouts, total=total
             )
         redact = self._redact
-        if 200 <= status < 300:
-            return decode_prediction(
-                status, answer_headers, body, method=method, url=url, redact=redact
+        if body is None:
+            raise ResponseTooLargeError(
+                f"the answer is larger than {limit} bytes (the client's "
+                f"max_answer_size); not read further",
+                limit=limit,
+                method=method,
+                url=url,
+                status=status,
+                request_id=request_id_from(answer_headers, redact=redact),
             )
-        raise error_for_response(
+        if not 200 <= status < 300:
+            raise error_for_response(
+                status,
+                answer_headers,
+                body,
+                now=time.time(),
+                method=method,
+                url=url,
+                reason=reason,
+                redact=redact,
+            )
+        if len(body) <= _INLINE_JSON:
+            data = parse_json(body)
+        else:
+            left = None if total is None else total - (time.monotonic() - started)
+            data = await _parse_big(body, left, method=method, url=url)
+        record = decode_prediction(
             status,
             answer_headers,
             body,
-            now=time.time(),
+            data=data,
+            expected_id=request.prediction_id,
             method=method,
             url=url,
-            reason=reason,
             redact=redact,
         )
+        if record.invalid:
+            self._report_misfits(record)
+        return record
+
+    def _report_misfits(self, record: Prediction) -> None:
+        """Log, once per field, a value that did not fit (kept in ``invalid``)."""
+        for name, value in record.invalid.items():
+            if name in _REPORTED or len(_REPORTED) > 256:
+                continue
+            _REPORTED.add(name)
+            shown = self._redact(repr(value))
+            if len(shown) > 80:
+                shown = shown[:79] + "…"
+            logger.warning(
+                "prediction %s: field %r does not fit its type (%s); kept as "
+                "sent in .invalid (said once per field)",
+                record.id,
+                name,
+                shown,
+            )
 
     async def download(
         self,

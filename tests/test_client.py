@@ -207,7 +207,10 @@ async def test_wrong_key_is_an_authentication_error_without_the_key(
         (Fault.reset(), None),
         (Fault.truncated_json(), 200),
         (Fault.truncated_body(), None),
-        (Fault.html_200(), 200),
+        (Fault.status(408, '{"detail": "timeout"}'), 408),
+        (Fault.status(520, "<html><title>520</title></html>"), 520),
+        (Fault.status(529, ""), 529),
+        (Fault.status(503, "", headers={"Retry-After": "0.05"}), 503),
     ],
 )
 async def test_each_transient_fault_is_retried_then_succeeds(

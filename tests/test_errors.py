@@ -103,12 +103,19 @@ SAMPLES: dict[str, BaseException] = {
     "AuthenticationError": replipoll.AuthenticationError("no", status=401),
     "NotFoundError": NotFoundError("gone", status=404, request_id="r1"),
     "RateLimitedError": RateLimitedError("slow", status=429, retry_after=2.5),
-    "ServerError": ServerError("down", status=503),
+    "ServerError": ServerError("down", status=503, retry_after=4.0),
     "DecodeError": DecodeError("not JSON", status=200, field="x", transient=True),
     "TransportError": replipoll.TransportError("lost"),
     "ConnectError": replipoll.ConnectError("refused", url="https://x/p/a"),
     "RequestTimeoutError": replipoll.RequestTimeoutError("slow"),
     "PollTimeout": PollTimeout("abc", 2.0, Prediction(id="abc", status="starting")),
+    "ManagerClosedError": replipoll.ManagerClosedError("abc"),
+    "GatewayError": replipoll.GatewayError("no quota", status=200, request_id="g"),
+    "MismatchedIdError": replipoll.MismatchedIdError(
+        "mixed up", expected="a", received="b", status=200
+    ),
+    "BaseURLError": replipoll.BaseURLError("HTML", status=200, url="https://x/p/a"),
+    "ResponseTooLargeError": replipoll.ResponseTooLargeError("big", limit=1024),
     "DownloadError": DownloadError("https://x/f.png", "gone", status=404),
 }
 

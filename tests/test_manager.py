@@ -7,12 +7,15 @@ import itertools
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import replipoll
 from replipoll import (
+    BaseURLError,
     Client,
     ConfigurationError,
+    ManagerClosedError,
     NotFoundError,
     PollManager,
     PollPolicy,
@@ -23,6 +26,15 @@ from replipoll import (
 from replipoll.testing import FakeReplicate, Fault
 
 QUICK = PollPolicy(min_interval=0.05, age_factor=0.1, max_interval=0.2, jitter=0.1)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait, generously, until ``condition()`` holds."""
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
 
 
 def other_tasks() -> set[asyncio.Task[object]]:
@@ -140,7 +152,6 @@ async def test_transient_faults_are_retried_through_the_schedule(
         Fault.cloudflare_timeout(),
         Fault.reset(),
         Fault.truncated_json(),
-        Fault.html_200(),
     ]
     for i, pid in enumerate(ids):
         fake_replicate.add_fault(faults[i % len(faults)], prediction_id=pid)
@@ -148,6 +159,26 @@ async def test_transient_faults_are_retried_through_the_schedule(
         results = await manager.poll_many(ids)
         assert manager.stats.retries >= 40
     assert all(r.succeeded for r in results)
+
+
+async def test_an_html_page_with_200_is_a_base_url_error_said_once(
+    client: Client, fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A login page where JSON belongs: every id would get it, so none is
+    retried, and the log says it once, not once per id."""
+    ids = fake_replicate.add_predictions(20)
+    fake_replicate.add_fault(Fault.html_200(), times=None)
+    async with PollManager(client, policy=QUICK) as manager:
+        results = await manager.poll_many(ids)
+    assert fake_replicate.stats.total_requests == 20
+    assert all(isinstance(r.error, BaseURLError) for r in results)
+    error = results[0].error
+    assert isinstance(error, ConfigurationError)
+    assert error.option == "base_url"
+    assert "is base_url right?" in str(error)
+    assert "Sign in" in str(error)  # the page's title
+    said = [r for r in caplog.records if "base_url right" in r.getMessage()]
+    assert len(said) == 1
 
 
 async def test_retries_exhausted_end_that_id_only_with_the_attempt_count(
@@ -216,17 +247,59 @@ async def test_deadline_cuts_a_hanging_request_short(
 
 
 async def test_cancel_on_timeout_cancels_remotely(
-    client: Client, fake_replicate: FakeReplicate
+    client: Client, fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The id ends at its deadline with its last record; the cancel goes out
+    beside it, and its outcome is logged."""
     pid = fake_replicate.add_prediction(duration=60)
+    caplog.set_level(logging.INFO, logger="replipoll")
     async with PollManager(
         client, timeout=0.2, cancel_on_timeout=True, policy=QUICK
     ) as manager:
         (result,) = await manager.poll_many([pid])
+        await until(
+            lambda: fake_replicate.prediction_state(pid)["status"] == "canceled"
+        )
+        await until(lambda: f"canceled {pid} after its deadline" in caplog.text)
     assert isinstance(result.error, PollTimeout)
     assert result.prediction is not None
-    assert result.prediction.status == "canceled"
-    assert fake_replicate.prediction_state(pid)["status"] == "canceled"
+    assert result.prediction.status == "processing"  # the last record seen
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.server_error(), Fault.slow(30.0), Fault.rate_limited(2.0)],
+    ids=["cancel fails", "cancel never answers", "a 429 before the deadline"],
+)
+async def test_cancel_on_timeout_never_delays_the_end_past_the_deadline(
+    fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture, fault: Fault
+) -> None:
+    """A 0.5 s deadline ends at 0.5 s, whatever the cancel endpoint does; a
+    cancel still running when the manager closes is stopped and said so."""
+    pid = fake_replicate.add_prediction(duration=60)
+    cancel_retry = RetryPolicy(max_attempts=3, base_delay=0.05, max_delay=0.05)
+    poll_retry = RetryPolicy(max_attempts=100, base_delay=0.05, max_delay=0.05)
+    async with Client(
+        base_url=fake_replicate.base_url(),
+        api_key=fake_replicate.api_key,
+        retry=cancel_retry,
+    ) as client:
+        manager = PollManager(
+            client, timeout=0.5, cancel_on_timeout=True, policy=QUICK, retry=poll_retry
+        )
+        async with manager:
+            future = manager.submit(pid)
+            await asyncio.sleep(0.1)  # polled once: the faults hit what follows
+            fake_replicate.add_fault(fault, prediction_id=pid, times=None)
+            start = time.monotonic()
+            with pytest.raises(PollTimeout):
+                await future
+            ended = time.monotonic() - start
+            assert ended < 0.8
+            closing = time.monotonic()
+        assert time.monotonic() - closing < 1.0
+    assert not other_tasks()
+    assert f"cancel {pid} after its deadline" in caplog.text
 
 
 async def test_undocumented_status_keeps_polling_and_is_logged_once(
@@ -334,14 +407,25 @@ async def test_stats_count_requests_statuses_and_throttling(
     assert stats.in_flight == 0
 
 
-async def test_exit_cancels_unfinished_ids_and_leaves_no_task(
+async def test_exit_ends_unfinished_ids_with_an_error_and_leaves_no_task(
     client: Client, fake_replicate: FakeReplicate
 ) -> None:
+    """Closing the manager is no cancellation of the code awaiting an id: it
+    gets ManagerClosedError, which ``except Exception`` catches."""
     pid = fake_replicate.add_prediction(duration=60)
     async with PollManager(client, policy=QUICK) as manager:
         future = manager.submit(pid)
+        waiter = asyncio.create_task(manager.wait(pid))
+        batch = asyncio.create_task(manager.poll_many([pid]))
         await asyncio.sleep(0.1)
-    assert future.cancelled()
+    assert not future.cancelled()
+    assert isinstance(future.exception(), ManagerClosedError)
+    with pytest.raises(ManagerClosedError, match=pid):
+        await waiter
+    (result,) = await batch
+    assert isinstance(result.error, ManagerClosedError)
+    assert result.prediction is not None  # the last record seen
+    assert result.prediction.status == "processing"
     assert not other_tasks()
     with pytest.raises(RuntimeError, match="closed"):
         manager.submit(pid)
@@ -529,8 +613,8 @@ async def test_a_failed_cancel_after_the_deadline_still_ends_the_id(
         ) as manager,
     ):
         (result,) = await manager.poll_many([pid])
+        await until(lambda: f"could not cancel {pid} after its deadline" in caplog.text)
     assert isinstance(result.error, PollTimeout)
-    assert f"could not cancel {pid} after its deadline" in caplog.text
 
 
 async def test_an_id_cancelled_while_queued_is_never_requested(

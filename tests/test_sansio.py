@@ -13,17 +13,22 @@ from hypothesis import strategies as st
 from replipoll import (
     AuthenticationError,
     BadRequestError,
+    BaseURLError,
     ConfigurationError,
     DecodeError,
+    GatewayError,
     InvalidPredictionIdError,
+    MismatchedIdError,
     NotFoundError,
     RateLimitedError,
+    RetryPolicy,
     ServerError,
 )
 from replipoll._sansio import (
     MAX_ID_LENGTH,
     decode_prediction,
     error_for_response,
+    header,
     normalize_base_url,
     parse_retry_after,
     prediction_url,
@@ -145,15 +150,28 @@ def test_bad_base_urls_raise_configuration_error(bad: str) -> None:
         ("30", 30.0),
         ("0.25", 0.25),
         (" 5 ", 5.0),
-        ("-3", 0.0),
+        ("9" * 401, float("inf")),  # more than any max_retry_after, not 0
+        ("-3", None),  # not delta-seconds: garbage, not "now"
+        ("1e3", None),
+        ("0x10", None),
         ("soon", None),
         ("", None),
         (None, None),
         ("nan", None),
         ("inf", None),
+        ("x" * 5000, None),
+        # The three forms of an HTTP-date (RFC 9110, 5.6.7), in the past: now.
+        ("Sun, 06 Nov 1994 08:49:37 GMT", 0.0),
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 0.0),
+        ("Sun Nov  6 08:49:37 1994", 0.0),
         (format_datetime(datetime.fromtimestamp(NOW + 12, UTC), usegmt=True), 12.0),
         (format_datetime(datetime.fromtimestamp(NOW - 100, UTC), usegmt=True), 0.0),
-        ("Wed, 21 Oct 2015 07:28:00", None),  # no zone: unusable
+        # asctime has no zone: HTTP dates are GMT.
+        (datetime.fromtimestamp(NOW + 12, UTC).strftime("%a %b %d %H:%M:%S %Y"), 12.0),
+        (
+            datetime.fromtimestamp(NOW + 12, UTC).strftime("%A, %d-%b-%y %H:%M:%S GMT"),
+            12.0,
+        ),
     ],
 )
 def test_retry_after_as_seconds_or_http_date(
@@ -264,16 +282,99 @@ def test_429_retry_after_from_header_body_or_detail_text() -> None:
     assert none.retry_after is None
 
 
-@pytest.mark.parametrize(
-    "body",
-    [b'{"id": "x", "stat', b"<html><title>Login</title></html>", b"", b"\xff\xfe"],
-)
+@pytest.mark.parametrize("body", [b'{"id": "x", "stat', b"", b"\xff\xfe"])
 def test_unparseable_200_is_a_transient_decode_error(body: bytes) -> None:
     with pytest.raises(DecodeError) as info:
         decode_prediction(200, {"X-Request-Id": "r9"}, body, url="u")
     assert info.value.transient
     assert info.value.status == 200
     assert info.value.request_id == "r9"
+
+
+def test_an_html_page_with_200_is_a_base_url_error_not_retried() -> None:
+    """What a base URL without /v1 (or a proxy's login page) serves."""
+    with pytest.raises(BaseURLError) as info:
+        decode_prediction(200, {}, b"<html><title>Login</title></html>", url="u")
+    assert not info.value.transient
+    assert isinstance(info.value, ConfigurationError)
+    assert info.value.option == "base_url"
+    assert "HTML page: Login" in str(info.value)
+    assert not RetryPolicy().is_retryable(info.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "message", "request_id"),
+    [
+        (
+            b'{"success": false, "message": "insufficient quota"}',
+            {"x-request-id": "gw-1"},
+            "insufficient quota",
+            "gw-1",
+        ),
+        (
+            b'{"error": {"message": "bad key (request id: 2026ab)", "type": "x"}}',
+            {},
+            "bad key (request id: 2026ab)",
+            "2026ab",
+        ),
+        (b'{"error": "model not allowed"}', {}, "model not allowed", None),
+        (b'{"detail": "Not authenticated"}', {}, "Not authenticated", None),
+        (b'{"ok": false, "code": 7}', {}, '{"ok": false, "code": 7}', None),
+    ],
+)
+def test_a_gateway_error_sent_with_200_keeps_its_message_and_request_id(
+    body: bytes, headers: dict[str, str], message: str, request_id: str | None
+) -> None:
+    """Not "field 'id': missing": the gateway's own words and request id."""
+    with pytest.raises(GatewayError) as info:
+        decode_prediction(200, headers, body, url="u")
+    assert message in info.value.message
+    assert info.value.request_id == request_id
+    assert info.value.status == 200
+    assert not RetryPolicy().is_retryable(info.value)
+
+
+def test_a_failed_prediction_with_an_error_object_is_no_gateway_error() -> None:
+    body = b'{"id": "p", "status": "failed", "error": {"message": "OOM"}}'
+    assert decode_prediction(200, {}, body).error_message == "OOM"
+
+
+def test_a_record_of_another_id_is_an_error_never_filed_under_this_one() -> None:
+    body = b'{"id": "other", "status": "succeeded"}'
+    with pytest.raises(MismatchedIdError) as info:
+        decode_prediction(200, {}, body, expected_id="mine")
+    assert (info.value.expected, info.value.received) == ("mine", "other")
+    assert info.value.transient
+    assert decode_prediction(200, {}, body, expected_id="other").id == "other"
+
+
+def test_header_names_are_read_in_any_case_from_a_plain_dict() -> None:
+    """aiohttp's headers ignore case; a plain mapping is read the same way."""
+    lower = {"retry-after": "3", "x-request-id": "r1"}
+    error = error_for_response(429, lower, b"{}", now=NOW)
+    assert (error.retry_after, error.request_id) == (3.0, "r1")
+    assert request_id_from({"cf-ray": "8f00aa"}) == "8f00aa"
+    assert header({"RETRY-AFTER": "1"}, "Retry-After") == "1"
+    assert header({}, "Retry-After") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "expected"),
+    [
+        (503, {"Retry-After": "4"}, b"", 4.0),
+        (429, {"retry-after-ms": "1500"}, b"", 1.5),
+        (429, {"Retry-After": "soon", "retry-after-ms": "250"}, b"", 0.25),
+        (429, {}, b'{"retry_after": ' + b"9" * 401 + b"}", float("inf")),
+        (429, {}, b'{"retry_after": -1}', None),
+        (500, {}, b'{"detail": "x"}', None),
+    ],
+)
+def test_retry_after_is_read_from_any_status_header_or_body(
+    status: int, headers: dict[str, str], body: bytes, expected: float | None
+) -> None:
+    """503s carry Retry-After too (RFC 9110); retry-after-ms; no exception ever
+    escapes (a 401-digit retry_after once raised OverflowError)."""
+    assert error_for_response(status, headers, body, now=NOW).retry_after == expected
 
 
 def test_deeply_nested_json_is_a_decode_error_not_a_crash() -> None:

@@ -35,7 +35,7 @@ Command line: ``python -m replipoll.testing --scenario demo``.  Pytest: add
 """
 
 from ._cli import main, run_server
-from ._faults import ANSWER_FAULTS, CHAOS_FAULTS, Fault
+from ._faults import ANSWER_FAULTS, CHAOS_FAULTS, HOSTILE_FAULTS, Fault
 from ._http import PREFIXES, ErrorStyle
 from ._scenarios import SCENARIOS, load_scenario
 from ._server import DEFAULT_API_KEY, FakeReplicate
@@ -45,6 +45,7 @@ __all__ = [
     "ANSWER_FAULTS",
     "CHAOS_FAULTS",
     "DEFAULT_API_KEY",
+    "HOSTILE_FAULTS",
     "PREFIXES",
     "SCENARIOS",
     "ErrorStyle",

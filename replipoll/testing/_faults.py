@@ -42,13 +42,30 @@ class Fault:
     Attributes:
         kind: Name of the fault (``"rate_limited"``, ``"reset"``, ...); the key
             of :attr:`ServerStats.faults_injected`.
-        code: HTTP status of a canned answer (0 when the answer is not canned).
+        code: HTTP status of a canned answer or of :meth:`echoed_key` (0 when
+            the answer is not canned).
         body: Canned body; ``{request_id}`` in it is replaced by the request id.
         content_type: ``Content-Type`` of the canned body, if any.
         headers: Extra response headers.
         retry_after: For rate limits: seconds of the pause the server counts
             ``early_requests`` against (whether or not the client is told).
-        delay: For :meth:`slow`: seconds to wait before answering normally.
+        delay: For :meth:`slow`: seconds to wait before answering normally;
+            for :meth:`trickle`: seconds between two pieces of the body.
+        size: For :meth:`huge_body`: bytes of the body; for
+            :meth:`gzip_bomb`: bytes of the body once unpacked.
+        chunk: For :meth:`trickle`: bytes sent at a time.
+        other: For :meth:`mismatched_id`: the prediction whose record is
+            answered instead (``None``: a made-up one).
+        offset: For :meth:`echoed_key`: filler characters before the key.
+        where: For :meth:`echoed_key`: where the key is echoed.
+
+    Hostile faults (:data:`HOSTILE_FAULTS`) that rework the normal answer
+    (:meth:`huge_body`, :meth:`gzip_bomb`, :meth:`endless_body`,
+    :meth:`mismatched_id`, and :meth:`echoed_key` with ``where="status"``)
+    send it unchanged when it is not a 2xx JSON object (a 401 for a wrong
+    key, a 404 for an unknown id; for downloads: when it is not a 200), the
+    fault still counted in :attr:`ServerStats.faults_injected`.  Their
+    padding is the byte ``x`` repeated.
     """
 
     kind: str
@@ -58,6 +75,11 @@ class Fault:
     headers: tuple[tuple[str, str], ...] = ()
     retry_after: float | None = None
     delay: float = 0.0
+    size: int = 0
+    chunk: int = 0
+    other: str | None = None
+    offset: int = 0
+    where: str = ""
 
     @classmethod
     def status(
@@ -162,7 +184,12 @@ class Fault:
 
     @classmethod
     def html_200(cls) -> Fault:
-        """200 ``text/html``: a login page where JSON was expected."""
+        """200 ``text/html``: a login page where JSON was expected.
+
+        It is what a wrong base URL serves (a web site, not the API): a
+        configuration error rather than a transient fault, hence not part of
+        :data:`ANSWER_FAULTS`.
+        """
         return cls._canned("html_200", 200, _LOGIN_PAGE, _HTML)
 
     @classmethod
@@ -194,16 +221,185 @@ class Fault:
         """Wait *seconds* (real time, other requests go on), then answer normally."""
         return cls("slow", delay=seconds)
 
+    # -- hostile answers: what a client must refuse, not retry ------------
 
-#: Every fault that spoils one answer without pausing or delaying anything:
-#: the building blocks of a chaos mix.
+    @classmethod
+    def huge_body(cls, size: int) -> Fault:
+        """The normal answer, its ``output`` padded for the body to be *size* bytes.
+
+        An API request gets the normal status (200; 201 for a create) and
+        ``Content-Type``, and a body of exactly *size* bytes (its
+        ``Content-Length``): the normal JSON object, keys in their usual
+        order, whose ``output`` is a string of ``x`` long enough for the
+        whole body to be *size* bytes.  When *size* is smaller than the
+        object with ``"output": ""``, that object is sent, longer than *size*.
+        A download (``files=True``) gets 200 ``application/octet-stream``
+        with *size* bytes of ``x``.  The body is streamed in 64 KiB pieces,
+        never held whole, so sizes of several GiB are fine.
+
+        Args:
+            size: Bytes of the body, >= 0.
+
+        Raises:
+            ValueError: *size* is negative.
+        """
+        return cls("huge_body", size=_count("size", size))
+
+    @classmethod
+    def gzip_bomb(cls, unpacked: int) -> Fault:
+        """A small gzip body that unpacks to *unpacked* bytes.
+
+        An API request gets the normal status (200; 201 for a create) and
+        ``Content-Type`` with ``Content-Encoding: gzip``, and a body that is
+        one gzip member (with a correct ``Content-Length``) unpacking to
+        exactly *unpacked* bytes of valid JSON: the normal JSON object with
+        ``output`` moved first, ``{"output": "xxx...", "id": ...}``, padded
+        as for :meth:`huge_body` (the same rule when *unpacked* is too small).
+        A download (``files=True``) gets 200 ``application/octet-stream``
+        with ``Content-Encoding: gzip``, unpacking to *unpacked* bytes of
+        ``x``.  Deflate packs a run of ``x`` about 1030 to 1: 64 MiB take
+        about 64 KiB on the wire, 1 GiB about 1 MiB, 4 GiB about 4 MiB.
+        Packing runs in a thread at about 300 MB/s (4 GiB: some 15 s) and is
+        cached per size, so later bombs of that size cost only a few
+        milliseconds each.
+
+        Args:
+            unpacked: Bytes of the body once unpacked, >= 0.
+
+        Raises:
+            ValueError: *unpacked* is negative.
+        """
+        return cls("gzip_bomb", size=_count("unpacked", unpacked))
+
+    @classmethod
+    def endless_body(cls) -> Fault:
+        """A 200 body that never ends.
+
+        An API request gets the normal status (200; 201 for a create) and
+        ``Content-Type`` with ``Transfer-Encoding: chunked`` and no
+        ``Content-Length``: the normal JSON object up to ``"output":"``, then
+        64 KiB pieces of ``x`` for ever.  A download (``files=True``) gets
+        200 ``application/octet-stream``, chunked, ``x`` for ever.  It ends
+        when the client goes away (quietly: nothing is logged).
+        """
+        return cls("endless_body")
+
+    @classmethod
+    def trickle(cls, interval: float, *, chunk: int = 1) -> Fault:
+        """The normal answer, *chunk* bytes every *interval* seconds.
+
+        Status, headers and body are the normal ones (API JSON, error or
+        file), with a correct ``Content-Length``; the first *chunk* bytes
+        (with the headers) go at once, each next piece *interval* seconds of
+        real time later (other requests go on meanwhile), so a body of *n*
+        bytes takes ``(ceil(n / chunk) - 1) * interval`` seconds.
+
+        Args:
+            interval: Seconds between two pieces, >= 0.
+            chunk: Bytes in a piece, >= 1.
+
+        Raises:
+            ValueError: A negative or infinite *interval*, or *chunk* < 1.
+        """
+        if not 0 <= interval < math.inf:
+            raise ValueError(f"interval must be a finite number >= 0, not {interval}")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be an int >= 1, not {chunk!r}")
+        return cls("trickle", delay=interval, chunk=chunk)
+
+    @classmethod
+    def mismatched_id(cls, other: str | None = None) -> Fault:
+        """A valid prediction record, but not of the prediction asked for.
+
+        The answer has the normal status (200; 201 for a create) and is
+        ``application/json``: the current record of *other* (as its own GET
+        under the request's prefix would answer), or, without *other*, the
+        record of the prediction asked for (or of a fresh, succeeded one with
+        a null output, for a request naming none) under a made-up id of 26
+        characters from ``a-z2-7`` that no prediction of the server has (its
+        output URLs, if any, answer 404).  API requests only.
+
+        Args:
+            other: Id of a prediction of the server; checked by
+                :meth:`FakeReplicate.add_fault`.
+
+        Raises:
+            ValueError: *other* is empty or contains ``/``.
+        """
+        if other is not None and (
+            not isinstance(other, str) or not other or "/" in other
+        ):
+            raise ValueError(f"other must be a prediction id, not {other!r}")
+        return cls("mismatched_id", other=other)
+
+    @classmethod
+    def echoed_key(
+        cls, code: int = 401, *, offset: int = 0, where: str = "detail"
+    ) -> Fault:
+        """An answer that echoes the API key the client sent.
+
+        The key is the token of the request's ``Authorization: Bearer <key>``
+        header, verbatim ("" without one).  The echo *text* is *offset*
+        ``x``, the key, then 40 ``x`` (10 for ``"header"``).  *where* says
+        what the client gets:
+
+        - ``"detail"``: status *code*, ``application/problem+json``
+          ``{"detail": text}``.
+        - ``"comet"``: status *code*, ``application/json``, CometAPI's
+          ``{"error": {"message": "<text> (request id: <id>)", "type":
+          "comet_api_error", "param": "", "code": ""}}``.
+        - ``"header"``: status *code*, ``application/problem+json``
+          ``{"detail": <the status's reason phrase>, "status": code}``, and
+          the text as the ``X-Request-Id`` header.
+        - ``"html"``: status *code*, ``text/html; charset=utf-8``, a page
+          whose ``<title>`` is the text.
+        - ``"status"``: the normal answer (200 for a GET, the key checked as
+          usual), a prediction record whose ``status`` is the text.
+
+        API requests only.
+
+        Args:
+            code: HTTP status: 200 to 599 but 204 and 304 (statuses that
+                have a body); ignored for ``"status"``.
+            offset: Filler characters before the key, >= 0.
+            where: ``"detail"``, ``"comet"``, ``"header"``, ``"html"`` or
+                ``"status"``.
+
+        Raises:
+            ValueError: A bad *where*, *offset* or *code*.
+        """
+        if where not in _ECHO_PLACES:
+            raise ValueError(f"where must be one of {_ECHO_PLACES}, not {where!r}")
+        if isinstance(code, bool) or not isinstance(code, int) or code not in _CODES:
+            raise ValueError(f"code must be an HTTP status with a body, not {code!r}")
+        return cls("echoed_key", code, offset=_count("offset", offset), where=where)
+
+
+def _count(name: str, value: int) -> int:
+    """Return *value* if it is an ``int`` >= 0, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+    return value
+
+
+_CODES: Final = frozenset(range(200, 600)) - {204, 304}
+#: Where :meth:`Fault.echoed_key` may echo the key.
+_ECHO_PLACES: Final = ("detail", "comet", "header", "html", "status")
+#: Fault kinds that only apply to API requests, not to downloads.
+_API_ONLY: Final = frozenset({"mismatched_id", "echoed_key"})
+
+
+#: Every transient fault that spoils one answer without pausing or delaying
+#: anything, which a client must survive by retrying: the building blocks of
+#: a chaos mix.  :meth:`Fault.html_200` is not one (a 200 HTML page is what a
+#: wrong base URL serves: a configuration error), nor are the
+#: :data:`HOSTILE_FAULTS`.
 ANSWER_FAULTS: Final = (
     Fault.server_error(),
     Fault.bad_gateway_html(),
     Fault.unavailable_comet(),
     Fault.gateway_timeout_empty(),
     Fault.cloudflare_timeout(),
-    Fault.html_200(),
     Fault.reset(),
     Fault.truncated_json(),
     Fault.truncated_body(),
@@ -212,6 +408,21 @@ ANSWER_FAULTS: Final = (
 #: What :meth:`FakeReplicate.set_chaos` draws from by default: every kind,
 #: with pauses short enough for tests.
 CHAOS_FAULTS: Final = (Fault.rate_limited(0.05), *ANSWER_FAULTS, Fault.slow(0.05))
+
+#: One of each hostile fault, with sizes small enough for tests: answers a
+#: client must refuse or survive without retrying them blindly or running out
+#: of memory or time (a 32 MiB body, a 64 MiB gzip bomb, an endless body, a
+#: trickle of 1 byte every 0.05 s, a record of a made-up prediction, a 401
+#: echoing the key).  Not part of :data:`CHAOS_FAULTS`: chaos takes them only
+#: as :class:`Fault` values, not by kind name.
+HOSTILE_FAULTS: Final = (
+    Fault.huge_body(32 << 20),
+    Fault.gzip_bomb(64 << 20),
+    Fault.endless_body(),
+    Fault.trickle(0.05),
+    Fault.mismatched_id(),
+    Fault.echoed_key(),
+)
 
 
 @attrs.define
@@ -244,6 +455,8 @@ class FaultPlan:
         """Queue *fault*; see :meth:`FakeReplicate.add_fault`."""
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
+        if files and fault.kind in _API_ONLY:
+            raise ValueError(f"Fault.{fault.kind} applies to API requests, not files")
         self._armed.append(_Armed(fault, prediction_id, files, times))
 
     def clear(self) -> None:

@@ -7,12 +7,16 @@ it): one clock read, a few counters, one ``json.dumps`` of a dict.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import functools
+import hashlib
+import http
 import itertools
 import json
+import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, Literal
 
 import attrs
@@ -43,6 +47,17 @@ _INVALID: Final = "Input validation failed"
 #: A path segment holding a prediction id: anything but "/" (aiohttp's
 #: default pattern also refuses "{" and "}", which add_prediction accepts).
 _ID: Final = "{id:[^/]+}"
+
+#: Hostile bodies are streamed in pieces of this many bytes.
+_CHUNK: Final = 1 << 16
+_PADDING: Final = b"x" * _CHUNK
+#: Gzip bombs cache the packed padding in multiples of this many bytes; the
+#: rest (and the prediction's own bytes) are packed per request.
+_BOMB_STEP: Final = 1 << 16
+_FILLER: Final = "x"
+#: Hostile faults that pad the normal answer (for files: that send padding).
+_PADDED: Final = frozenset({"huge_body", "gzip_bomb", "endless_body"})
+_HOSTILE: Final = _PADDED | {"trickle", "mismatched_id", "echoed_key"}
 
 Answer = Callable[[], Awaitable[web.StreamResponse]]
 
@@ -148,8 +163,8 @@ class Api:
         if self.log_size:
             record = RequestRecord(now, request.method, path, status)
             self.stats.request_log.append(record)
-        if not response.prepared:
-            response.headers["X-Request-Id"] = request_id
+        if not response.prepared:  # unless a fault put one there (echoed_key)
+            response.headers.setdefault("X-Request-Id", request_id)
         return response
 
     async def _inject(
@@ -165,6 +180,10 @@ class Api:
             return web.Response()  # aiohttp quietly fails to send it
         if kind in {"truncated_json", "truncated_body"}:
             return await _truncate(request, await answer(), kind == "truncated_body")
+        if kind == "echoed_key" and fault.where != "status":
+            return _echo(fault, request)
+        if kind in _HOSTILE:
+            return await self._hostile(fault, request, await answer())
         headers = dict(fault.headers)
         if fault.content_type is not None:
             headers["Content-Type"] = fault.content_type
@@ -176,6 +195,85 @@ class Api:
                 self.pause_started = now
             self.paused_until = max(self.paused_until, now + fault.retry_after)
         return response
+
+    async def _hostile(
+        self, fault: Fault, request: web.Request, normal: web.StreamResponse
+    ) -> web.StreamResponse:
+        """Rework *normal* as a hostile fault says (see :class:`Fault`)."""
+        kind = fault.kind
+        status = normal.status
+        headers = {k: v for k, v in normal.headers.items() if k != "Content-Length"}
+        if kind == "trickle":
+            body = normal.body if isinstance(normal, web.Response) else None
+            if not isinstance(body, bytes):
+                return normal
+            pieces = _pieces(body, fault.chunk)
+            return await _stream(
+                request, status, headers, pieces, len(body), fault.delay
+            )
+        if request.path.startswith(_FILES):
+            if status != 200 or kind not in _PADDED:
+                return normal
+            head = tail = b""
+        else:
+            record = _json_object(normal)
+            if record is None:
+                return normal
+            if kind == "mismatched_id":
+                return _json(self._mismatched(request, fault.other, record), status)
+            if kind == "echoed_key":  # where="status" (the others are canned)
+                record["status"] = _echo_text(fault, request, 40)
+                return _json(record, status)
+            head, tail = _split(record, output_first=kind == "gzip_bomb")
+        if kind == "gzip_bomb":
+            headers["Content-Encoding"] = "gzip"
+            body = await _bomb(head, fault.size - len(head) - len(tail), tail)
+            return web.Response(status=status, body=body, headers=headers)
+        if kind == "huge_body":
+            pad = max(0, fault.size - len(head) - len(tail))
+            padded = itertools.chain((head,), _padding(pad), (tail,))
+            length = len(head) + pad + len(tail)
+            return await _stream(request, status, headers, padded, length)
+        endless = itertools.chain((head,), itertools.repeat(_PADDING))
+        return await _stream(request, status, headers, endless, None)
+
+    def _mismatched(
+        self, request: web.Request, other: str | None, record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The record *other*, or that of *record* (or a fresh one), made up."""
+        now = self.clock()
+        if other is not None:
+            return self._render(request, self.predictions[other], now)
+        pid = record.get("id")
+        base = self.predictions.get(pid) if isinstance(pid, str) else None
+        fake = self._made_up_id()
+        if base is None:
+            base = Prediction(
+                fake,
+                now,
+                0.0,
+                0.0,
+                "succeeded",
+                None,
+                0,
+                0,
+                None,
+                {},
+                "owner/model",
+                "",
+                None,
+            )
+        return self._render(request, attrs.evolve(base, id=fake), now)
+
+    def _made_up_id(self) -> str:
+        """A Replicate-like id, derived from the request id, of no prediction."""
+        for n in itertools.count():
+            seed = f"{REQUEST_ID.get()}/{n}".encode()
+            digest = base64.b32encode(hashlib.sha256(seed).digest())
+            pid = digest[:26].decode().lower()
+            if pid not in self.predictions:
+                return pid
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _answer(
         self, request: web.Request, handler: Handler, api: bool
@@ -332,3 +430,152 @@ async def _truncate(
 def _close(request: web.Request) -> None:
     if request.transport is not None:
         request.transport.close()
+
+
+def _json_object(response: web.StreamResponse) -> dict[str, Any] | None:
+    """The body of a 2xx answer that is a JSON object, else ``None``."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not (200 <= response.status < 300 and isinstance(body, bytes)):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _dumps(data: object) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _split(record: dict[str, Any], *, output_first: bool) -> tuple[bytes, bytes]:
+    """Return the JSON of *record* around the characters of its ``output`` string.
+
+    ``head + b"abc" + tail`` is *record*'s JSON with ``"output": "abc"``, in
+    the usual place (added last if there is none), or first.
+    """
+    keys = [key for key in record if key != "output"]
+    at = len(keys) if "output" not in record else list(record).index("output")
+    if output_first:
+        at = 0
+    before = {key: record[key] for key in keys[:at]}
+    after = {key: record[key] for key in keys[at:]}
+    head = _dumps(before)[:-1] + (b"," if before else b"") + b'"output":"'
+    tail = b'"' + (b"," + _dumps(after)[1:] if after else b"}")
+    return head, tail
+
+
+def _padding(count: int) -> Iterator[bytes]:
+    """*count* bytes of padding, in pieces of at most :data:`_CHUNK`."""
+    whole, rest = divmod(count, _CHUNK)
+    yield from itertools.repeat(_PADDING, whole)
+    if rest:
+        yield _PADDING[:rest]
+
+
+def _pieces(body: bytes, size: int) -> Iterator[memoryview]:
+    """*body* in pieces of *size* bytes (the last one may be shorter)."""
+    view = memoryview(body)
+    return (view[i : i + size] for i in range(0, len(body), size))
+
+
+@functools.lru_cache(maxsize=8)
+def _packed(head: bytes, count: int) -> tuple[bytes, zlib._Compress]:
+    """Gzip *head* and *count* bytes of padding.
+
+    Return the packed bytes so far and the compressor to go on with (copy it
+    first: it is shared).
+    """
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [compressor.compress(head)]
+    parts.extend(compressor.compress(piece) for piece in _padding(count))
+    return b"".join(parts), compressor
+
+
+async def _bomb(head: bytes, pad: int, tail: bytes) -> bytes:
+    """One gzip member of *head*, max(0, *pad*) bytes of padding and *tail*.
+
+    Only the padding is expensive, and it does not depend on the prediction:
+    it is packed once per size (in a thread, not to hold up other requests)
+    and the compressor's state copied for each answer.
+    """
+    pad = max(0, pad)
+    cached = pad - pad % _BOMB_STEP
+    start, compressor = await asyncio.to_thread(_packed, head, cached)
+    compressor = compressor.copy()
+    end = compressor.compress(_PADDING[: pad - cached]) + compressor.compress(tail)
+    return start + end + compressor.flush()
+
+
+async def _stream(
+    request: web.Request,
+    status: int,
+    headers: dict[str, str],
+    pieces: Iterable[bytes | memoryview],
+    length: int | None,
+    interval: float = 0.0,
+) -> web.StreamResponse:
+    """Send *pieces*, *interval* seconds apart, until done or the client leaves.
+
+    *length* is the ``Content-Length``; ``None``: chunked.  Between two pieces
+    the event loop runs (other requests go on), even with no *interval*.
+    """
+    headers["X-Request-Id"] = REQUEST_ID.get()  # sent before the middleware sees it
+    response = web.StreamResponse(status=status, headers=headers)
+    if length is None:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = length
+    try:
+        await response.prepare(request)
+        first = True
+        for piece in pieces:
+            if not piece:
+                continue
+            if not first:
+                await asyncio.sleep(interval)
+            first = False
+            await response.write(piece)
+    except ConnectionError:
+        # The client went away (it had seen enough): a ConnectionResetError
+        # from a write, or a plain ConnectionError from a drain the reset
+        # woke up.  Nothing to log; aiohttp quietly fails to end the response.
+        _close(request)
+    return response
+
+
+def _echo_text(fault: Fault, request: web.Request, trailer: int) -> str:
+    """*fault*'s filler, the key the client sent ("" if none), then *trailer* more."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        key = ""
+    return f"{_FILLER * fault.offset}{key}{_FILLER * trailer}"
+
+
+def _echo(fault: Fault, request: web.Request) -> web.Response:
+    """The canned answer of :meth:`Fault.echoed_key` (any *where* but "status")."""
+    where, code = fault.where, fault.code
+    if where == "header":
+        try:
+            phrase = http.HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        response = _json({"detail": phrase, "status": code}, code, _PROBLEM)
+        response.headers["X-Request-Id"] = _echo_text(fault, request, 10)
+        return response
+    text = _echo_text(fault, request, 40)
+    if where == "comet":
+        error = {
+            "message": f"{text} (request id: {REQUEST_ID.get()})",
+            "type": "comet_api_error",
+            "param": "",
+            "code": "",
+        }
+        return _json({"error": error}, code)
+    if where == "html":
+        page = (
+            f"<!DOCTYPE html><html><head><title>{text}</title></head>"
+            f"<body><h1>{code}</h1></body></html>"
+        )
+        return web.Response(status=code, text=page, content_type="text/html")
+    return _json({"detail": text}, code, _PROBLEM)

@@ -317,8 +317,12 @@ class FakeReplicate:
                 instead of API requests.
 
         Raises:
-            ValueError: *times* is below 1.
+            ValueError: *times* is below 1, a :meth:`Fault.mismatched_id`
+                names no prediction of this server, or a fault for API
+                requests only (``mismatched_id``, ``echoed_key``) is given
+                *files*.
         """
+        self._check(fault)
         self._faults.add(fault, prediction_id, times, files)
 
     def clear_faults(self) -> None:
@@ -344,9 +348,19 @@ class FakeReplicate:
                 seed and request order give the same faults.
 
         Raises:
-            ValueError: Bad probability, unknown kind name, or no kinds.
+            ValueError: Bad probability, unknown kind name, no kinds, or a
+                :meth:`Fault.mismatched_id` naming no prediction of this server.
         """
+        kinds = None if kinds is None else list(kinds)
+        for kind in kinds or ():
+            if isinstance(kind, Fault):
+                self._check(kind)
         self._faults.set_chaos(probability, kinds, self.seed if seed is None else seed)
+
+    def _check(self, fault: Fault) -> None:
+        other = fault.other
+        if other is not None and other not in self._predictions:
+            raise ValueError(f"Fault.mismatched_id: no prediction {other!r} here")
 
     # -- inspection --------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, assert_type
@@ -78,9 +78,12 @@ def describe(prediction: Prediction) -> str:
     assert_type(prediction.status, Status | str)
     assert_type(prediction.is_terminal, bool)
     assert_type(prediction.output, Any)
-    assert_type(prediction.error, str | None)
+    assert_type(prediction.error, str | Mapping[str, Any] | None)
+    assert_type(prediction.error_message, str | None)
+    assert_type(prediction.invalid, Mapping[str, Any])
+    assert_type(prediction.raw, Mapping[str, Any])
     assert_type(prediction.created_at, datetime | None)
-    assert_type(prediction.data_removed, bool)
+    assert_type(prediction.data_removed, bool | None)
     urls: list[str] = list(prediction.output_urls())
     if prediction.metrics is not None:
         assert_type(prediction.metrics.predict_time, float | None)
