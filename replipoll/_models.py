@@ -127,8 +127,8 @@ class Prediction:
     #: The result, which may be any JSON value (a URL, a list of URLs, text...).
     output: Any = attrs.field(default=None, repr=False)
     logs: str | None = attrs.field(default=None, repr=False)
-    #: What went wrong, as sent: a string (documented), or an object some
-    #: gateways send (``{"message": ...}``); :attr:`error_message` reads both.
+    #: What went wrong, as sent (a string as documented, or an object some
+    #: gateways send, ``{"message": ...}``); :attr:`error_message` reads both.
     error: str | Mapping[str, Any] | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None

@@ -233,10 +233,11 @@ class Redactor:
         'bad key <redacted>!'
     """
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_secret", "_secret_bytes")
 
     def __init__(self, secret: str | None) -> None:
         self._secret = secret if secret is not None and len(secret) >= 8 else None
+        self._secret_bytes = self._secret.encode() if self._secret else None
 
     def __repr__(self) -> str:
         return "Redactor(<hidden>)"
@@ -246,6 +247,19 @@ class Redactor:
         if secret is None or secret not in text:
             return text
         return text.replace(secret, "<redacted>")
+
+    def scrub(self, body: bytes) -> bytes:
+        """``body`` with the secret cut out, before anything reads it.
+
+        A server has no business sending an API key back; cutting it out
+        of the raw answer keeps it out of the records decoded from it too
+        (their reprs, ``to_json()``, a results file). One fast scan when
+        the key is not there.
+        """
+        secret = self._secret_bytes
+        if secret is None or secret not in body:
+            return body
+        return body.replace(secret, b"<redacted>")
 
 
 _NO_REDACTION: Final = Redactor(None)

@@ -17,6 +17,7 @@ import math
 import random
 import time
 from collections import deque
+from typing import ClassVar
 
 import attrs
 
@@ -105,6 +106,9 @@ class RateBudget:
         4.0
     """
 
+    #: Seconds a budget without a rate takes to speed up after a pause.
+    RAMP: ClassVar[float] = 3.0
+
     rate: float | None = attrs.field(default=None, validator=positive(none=True))
     burst: int = attrs.field(default=1, validator=at_least(1))
     _tat: float = attrs.field(default=-math.inf, init=False)
@@ -131,15 +135,27 @@ class RateBudget:
         """Requests waiting in :meth:`acquire` for their turn."""
         return sum(not waiter.done() for waiter in self._waiters)
 
+    def _rate_at(self, now: float) -> float | None:
+        """The rate in force at ``now``: ``rate``, or the ramp after a pause."""
+        if self.rate is not None:
+            return self.rate
+        since = now - self._paused_until
+        if since >= self.RAMP:
+            return None
+        # Doubling every half second from `burst` per second; a pause still
+        # running counts as its very start.
+        return float(self.burst * 2.0 ** (max(since, 0.0) / 0.5))
+
     def next_free(self, now: float) -> float:
         """Seconds from ``now`` until a slot is free (0.0: one is free now).
 
         Requests already waiting in :meth:`acquire` are not counted.
         """
         wait = self._paused_until - now
-        if self.rate is not None:
+        rate = self._rate_at(now)
+        if rate is not None:
             # GCRA: a request conforms once now >= TAT - (burst - 1) * T.
-            earliest = self._tat - (self.burst - 1) / self.rate
+            earliest = self._tat - (self.burst - 1) / rate
             wait = max(wait, earliest - now)
         # (Sums of 1/rate drift by ulps: a nanosecond is as good as now.)
         return wait if wait > 1e-9 else 0.0
@@ -198,7 +214,7 @@ class RateBudget:
         """Hand out no slot before ``when``; waiters already queued wait too."""
         if when > self._paused_until:
             self._paused_until = when
-        if self.rate is not None and when > self._tat:
+        if when > self._tat:
             # After a pause, spend the burst again rather than the backlog.
             self._tat = when
 
@@ -207,8 +223,9 @@ class RateBudget:
         return now < self._paused_until
 
     def _take(self, now: float) -> None:
-        if self.rate is not None:
-            self._tat = (now if now > self._tat else self._tat) + 1.0 / self.rate
+        rate = self._rate_at(now)
+        if rate is not None:
+            self._tat = (now if now > self._tat else self._tat) + 1.0 / rate
 
     def _arm(self, delay: float) -> None:
         # (Only ever called with no timer set: the one timer is _wake's.)
@@ -227,9 +244,10 @@ class RateBudget:
         """How many requests, up to ``wanted``, may leave together at ``now``."""
         if now < self._paused_until:
             return 0
-        if self.rate is None:
+        rate = self._rate_at(now)
+        if rate is None:
             return wanted
-        interval = 1.0 / self.rate
+        interval = 1.0 / rate
         tat, count = self._tat, 0
         while count < wanted and tat - (self.burst - 1) * interval - now <= 1e-9:
             tat = (now if now > tat else tat) + interval

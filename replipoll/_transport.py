@@ -422,6 +422,8 @@ class Transport:
                 failure, method=method, url=url, timeouts=timeouts, total=total
             )
         redact = self._redact
+        if body is not None:
+            body = redact.scrub(body)
         if body is None:
             raise ResponseTooLargeError(
                 f"the answer is larger than {limit} bytes (the client's "
@@ -485,13 +487,19 @@ class Transport:
         open_sink: Callable[[], Sink],
         timeouts: Timeouts,
         *,
+        max_size: int | None = None,
         within: float | None = None,
     ) -> int:
         """Stream ``url`` into a sink opened once the answer is 2xx.
 
         The request carries no key. Redirects are followed (output hosts
-        hand files to CDNs). A body shorter than its ``Content-Length`` is a
-        :class:`~replipoll.ConnectError` and the sink is discarded.
+        hand files to CDNs). The body is stored as served: a
+        ``Content-Encoding`` is not undone (a gzip bomb stays the small file
+        it was on the wire). A body shorter than its ``Content-Length`` is a
+        :class:`~replipoll.ConnectError`, one longer than ``max_size`` a
+        :class:`~replipoll.ResponseTooLargeError` (refused before a byte is
+        written when the length is announced); either way the sink is
+        discarded.
 
         Returns:
             The size of the body, in bytes.
@@ -504,7 +512,9 @@ class Transport:
         timeout, total = self._timeout(timeouts, within)
         failure: BaseException | None = None
         try:
-            async with session.get(url, timeout=timeout) as response:
+            async with session.get(
+                url, timeout=timeout, auto_decompress=False
+            ) as response:
                 if response.status >= 300:
                     head = await response.content.read(4096)
                     raise error_for_response(
@@ -515,15 +525,22 @@ class Transport:
                         url=url,
                         reason=response.reason or "",
                     )
+                expected = response.content_length
+                if (
+                    max_size is not None
+                    and expected is not None
+                    and expected > max_size
+                ):
+                    raise _too_large(url, max_size, response.status)
                 sink = open_sink()  # synchronous: a cancellation cannot strand it
                 try:
                     size = 0
                     async for chunk in response.content.iter_chunked(CHUNK_SIZE):
                         size += len(chunk)
+                        if max_size is not None and size > max_size:
+                            raise _too_large(url, max_size, response.status)
                         await sink.write(chunk)
-                    expected = response.content_length
-                    identity = response.headers.get("Content-Encoding", "identity")
-                    if identity == "identity" and expected not in (None, size):
+                    if expected not in (None, size):
                         raise ConnectError(
                             f"answer cut off after {size} of {expected} bytes",
                             url=url,
@@ -537,3 +554,12 @@ class Transport:
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = exc
         raise translate(failure, method="GET", url=url, timeouts=timeouts, total=total)
+
+
+def _too_large(url: str, limit: int, status: int) -> ResponseTooLargeError:
+    return ResponseTooLargeError(
+        f"the file is larger than {limit} bytes (max_size); not saved",
+        limit=limit,
+        url=url,
+        status=status,
+    )

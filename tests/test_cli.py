@@ -826,3 +826,27 @@ def test_ctrl_c_during_download_wait_exits_130_quietly(fake: ServerThread) -> No
     assert proc.returncode == 130
     assert stderr.decode().splitlines() == ["replipoll: interrupted"]
     assert stdout == b""
+
+
+@pytest.mark.parametrize(("where", "offset"), [("detail", 270), ("header", 180)])
+def test_a_key_echoed_near_a_cut_reaches_neither_output_nor_results(
+    fake: ServerThread, tmp_path: Path, where: str, offset: int
+) -> None:
+    """A gateway echoing the key right where replipoll shortens its words:
+    no 8 characters of it in stdout, stderr or the results file."""
+    pid = fake.add(1, duration=0.0)[0]
+    fake.call(
+        fake.server.add_fault,
+        Fault.echoed_key(401, offset=offset, where=where),
+        prediction_id=pid,
+        times=None,
+    )
+    out = tmp_path / "results.jsonl"
+    done = run("-v", "poll", pid, "--out", str(out), "--base-url", fake.base_url)
+    got = run("get", pid, "--base-url", fake.base_url)
+    assert done.returncode == got.returncode == 1
+    pieces = {SECRET[i : i + 8] for i in range(len(SECRET) - 7)}
+    texts = [done.stdout, done.stderr, got.stdout, got.stderr, out.read_text()]
+    assert "401" in done.stderr + out.read_text()
+    for text in texts:
+        assert not [piece for piece in pieces if piece in text], text

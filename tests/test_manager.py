@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import Counter
@@ -21,6 +22,7 @@ from replipoll import (
     PollPolicy,
     PollTimeout,
     Prediction,
+    RateLimitedError,
     RetryPolicy,
 )
 from replipoll.testing import FakeReplicate, Fault
@@ -644,3 +646,99 @@ async def test_an_id_cancelled_while_waiting_for_the_budget_is_never_requested(
         await asyncio.sleep(0.3)
     assert waiting.cancelled()
     assert fake_replicate.stats.requests_per_id[second] == 0
+
+
+async def test_after_a_pause_requests_resume_spread_out_without_a_rate_limit() -> None:
+    """A 0.5 s Retry-After with 100 ids waiting and no rate limit: the first
+    50 ms after it ends see the burst, not all 100 at once."""
+    async with FakeReplicate() as server:
+        ids = server.add_predictions(100, duration=0.0)
+        server.add_fault(Fault.rate_limited(0.5), prediction_id=ids[0])
+        async with (
+            Client(base_url=server.base_url(), api_key=server.api_key) as client,
+            PollManager(client, max_concurrency=100, policy=QUICK) as manager,
+        ):
+            manager.submit(ids[0])
+            await until(lambda: manager.stats.throttled == 1)
+            results = await manager.poll_many(ids)
+        log = list(server.stats.request_log)
+    assert all(r.succeeded for r in results)
+    throttled_at = next(r.time for r in log if r.status == 429)
+    resumed = [r.time for r in log if r.time > throttled_at]
+    first = min(resumed)
+    assert first >= throttled_at + 0.5 - 0.05
+    assert sum(t < first + 0.05 for t in resumed) <= 12  # the burst (10)
+
+
+async def test_a_refused_retry_after_fails_its_id_and_stalls_no_other(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    """A Retry-After of an hour (over max_retry_after): that id fails with it,
+    at once; the budget is not paused, so the others finish quickly."""
+    ids = fake_replicate.add_predictions(20, duration=0.0)
+    fake_replicate.add_fault(Fault.rate_limited(3600), prediction_id=ids[0])
+    start = time.monotonic()
+    async with PollManager(client, policy=QUICK) as manager:
+        results = await manager.poll_many(ids)
+    assert time.monotonic() - start < 2.0
+    assert isinstance(results[0].error, RateLimitedError)
+    assert results[0].error.retry_after == 3600
+    assert all(r.succeeded for r in results[1:])
+    assert not client.budget.is_paused(time.monotonic())
+
+
+async def test_on_update_hears_of_a_remote_cancel(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    seen: list[str] = []
+    pid = fake_replicate.add_prediction(duration=30)
+    async with PollManager(
+        client, policy=QUICK, on_update=lambda p: seen.append(str(p.status))
+    ) as manager:
+        future = manager.submit(pid)
+        await until(lambda: seen == ["processing"])
+        await manager.cancel(pid, remote=True)
+        assert (await future).status == "canceled"
+    assert seen == ["processing", "canceled"]
+
+
+async def test_a_cancelled_id_is_no_longer_polled_nor_counted_twice(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    """An awaiter cancelling the shared future stops the poll at once; the id
+    submitted again is counted once in by_status."""
+    pid = fake_replicate.add_prediction(duration=30)
+    async with PollManager(client, policy=QUICK) as manager:
+        first = manager.submit(pid)
+        await until(lambda: manager.stats.by_status.get("processing") == 1)
+        first.cancel()
+        await asyncio.sleep(0)
+        assert manager.stats.tracked == 0
+        assert manager.stats.by_status == {}
+        polled = fake_replicate.stats.requests_per_id[pid]
+        await asyncio.sleep(0.3)
+        assert fake_replicate.stats.requests_per_id[pid] == polled
+        second = manager.submit(pid)
+        assert second is not first
+        await until(lambda: manager.stats.by_status.get("processing") == 1)
+        assert sum(manager.stats.by_status.values()) == 1
+
+
+async def test_a_new_status_on_every_poll_costs_bounded_bookkeeping(
+    client: Client, fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway inventing a status per poll: at most 16 names and warnings."""
+    pid = fake_replicate.add_prediction(duration=30)
+    for n in range(25):
+        body = json.dumps({"id": pid, "status": f"weird-{n}" + "x" * 500})
+        fake_replicate.add_fault(Fault.status(200, body), prediction_id=pid)
+    fast = PollPolicy.fixed(0.02)
+    async with PollManager(client, policy=fast, timeout=30) as manager:
+        manager.submit(pid)
+        await until(lambda: fake_replicate.stats.requests_per_id[pid] >= 25)
+        names = list(manager.stats.by_status)
+    assert len(manager._tally._named) == 16
+    assert "undocumented (other)" in names
+    assert all(len(name) <= 64 for name in names)
+    warnings = [r for r in caplog.records if "undocumented" in r.getMessage()]
+    assert len(warnings) == 17  # 16 names, then one "any other" note

@@ -416,7 +416,46 @@ async def test_a_waiter_cancelled_mid_queue_is_skipped() -> None:
     assert isinstance(done[1], asyncio.CancelledError)
     assert all(isinstance(w, float) and w >= 0.05 * 0.95 for w in done[::2])
     assert budget.waiting == 0
-    assert budget.try_acquire(time.monotonic())  # nothing left holding a turn
+    # Nothing left holding a turn (once the ramp after the pause is over).
+    assert budget.try_acquire(time.monotonic() + RateBudget.RAMP)
+
+
+def _admitted(
+    budget: RateBudget, start: float, until: float, wanted: int
+) -> list[float]:
+    """When ``wanted`` requests would leave, asking every millisecond."""
+    times: list[float] = []
+    now = start
+    while len(times) < wanted and now < until:
+        while len(times) < wanted and budget.try_acquire(now):
+            times.append(now)
+        now += 0.001
+    return times
+
+
+def test_after_a_pause_a_budget_without_rate_resumes_spread_out() -> None:
+    """96 requests waiting out a 1 s pause once left within 20 ms; now the
+    burst goes at once, then a rate that doubles every half second, and the
+    budget is unlimited again after RateBudget.RAMP seconds."""
+    budget = RateBudget(rate=None, burst=10)
+    assert len(_admitted(budget, 0.0, 0.001, 500)) == 500  # no limit at first
+    budget.pause_until(1.0)
+    assert _admitted(budget, 0.5, 0.99, 10) == []
+    times = _admitted(budget, 1.0, 10.0, 96)
+    assert len(times) == 96
+    assert sum(t < 1.02 for t in times) == 10  # the burst, not the backlog
+    assert sum(t < 1.5 for t in times) < 20
+    assert times[-1] < 1.0 + RateBudget.RAMP
+    later = 1.0 + RateBudget.RAMP
+    assert len(_admitted(budget, later, later + 0.001, 500)) == 500
+
+
+def test_after_a_pause_a_rated_budget_spends_its_burst_then_its_rate() -> None:
+    budget = RateBudget(rate=20, burst=5)
+    budget.pause_until(2.0)
+    times = _admitted(budget, 2.0, 5.0, 25)
+    assert sum(t < 2.01 for t in times) == 5
+    assert times[-1] == pytest.approx(2.0 + 20 / 20, abs=0.01)
 
 
 # -- the timer queue -----------------------------------------------------------

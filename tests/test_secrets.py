@@ -273,3 +273,69 @@ async def test_a_gateway_that_echoes_the_key_does_not_put_it_in_errors(
         [*exception_texts(info.value), *result_texts([result]), *logs.texts],
         SECRET_KEY,
     )
+
+
+# -- an echoed key, at every offset around every cut ---------------------------
+
+#: A key as long as Replicate's (40 characters).
+LONG_KEY = "r8_EchoedKeyTest-0123456789abcdefghijklm"
+#: Where replipoll shortens server text: messages at 300 characters (and a
+#: DecodeError's at 300), request ids at 200.
+CUTS = {"detail": 300, "comet": 300, "html": 300, "header": 200, "status": 64}
+
+
+def fragments(key: str, size: int = 8) -> set[str]:
+    return {key[i : i + size] for i in range(len(key) - size + 1)}
+
+
+def assert_no_fragment(texts: Iterable[str], key: str) -> int:
+    """Fail if any 8 consecutive characters of ``key`` are in any text."""
+    pieces = fragments(key)
+    count = 0
+    for text in texts:
+        count += 1
+        found = [piece for piece in pieces if piece in text]
+        assert not found, f"{found[0]!r} of the key is in: {text[:400]}"
+    return count
+
+
+def offsets(cut: int) -> list[int]:
+    """Every offset that puts the key across, just before or just after ``cut``."""
+    return [0, 1, *range(max(cut - len(LONG_KEY) - 5, 2), cut + 6)]
+
+
+@pytest.mark.parametrize("where", sorted(CUTS))
+async def test_a_key_echoed_at_any_offset_leaves_no_fragment_anywhere(
+    where: str,
+) -> None:
+    """The key echoed in a message, an envelope, a page title, a request id or
+    a status, at every offset around the cut replipoll makes: no 8 characters
+    of it in the error (str, repr, attributes, chain), the retry warning, the
+    manager's status warning and counts, or the PollResult."""
+    seen = 0
+    async with (
+        FakeReplicate(api_key=LONG_KEY) as server,
+        Client(
+            base_url=server.base_url(),
+            api_key=LONG_KEY,
+            retry=RetryPolicy(max_attempts=2, base_delay=0, max_delay=0),
+        ) as client,
+    ):
+        for offset in offsets(CUTS[where]):
+            pid = server.add_prediction(duration=30)
+            fault = Fault.echoed_key(503, offset=offset, where=where)
+            server.add_fault(fault, prediction_id=pid, times=2)
+            with every_log_line() as logs:
+                texts: list[str] = []
+                if where == "status":
+                    async with PollManager(client, timeout=0.3) as manager:
+                        (result,) = await manager.poll_many([pid])
+                        texts.append(repr(manager.stats))
+                    texts.extend(result_texts([result]))
+                else:
+                    with pytest.raises(replipoll.RequestError) as info:
+                        await client.get(pid)
+                    texts.extend(exception_texts(info.value))
+            seen += assert_no_fragment([*texts, *logs.texts], LONG_KEY)
+            assert logs.count >= 1  # the retry, or the undocumented status
+    assert seen > 100

@@ -36,7 +36,7 @@ class ChaosBatch:
         >>> chaos = ChaosBatch.script(server, 800, seed=1, slow_beyond=3.0)
         >>> chaos  # doctest: +NORMALIZE_WHITESPACE
         ChaosBatch(batch=810 ids, expected=800, undocumented=8, permanent=4,
-                   beyond=4, missing=2, invalid=3)
+                   beyond=4, missing=2, invalid=3, hostile=3+3+3+3)
         >>> sorted(set(chaos.expected.values()))
         ['aborted', 'canceled', 'failed', 'succeeded']
         >>> pid = sorted(chaos.permanent)[0]
@@ -85,6 +85,19 @@ class ChaosBatch:
     missing: frozenset[str]
     #: Ids that are not prediction ids (refused before any request).
     invalid: frozenset[str]
+    #: Successes every answer of which is too big (a body larger than
+    #: ``oversize``, a gzip bomb unpacking to it, a body that never ends);
+    #: they end with the client's size-limit error.
+    oversized: frozenset[str] = frozenset()
+    #: Successes whose first answer is another prediction's record; retried,
+    #: they end as :attr:`expected`.
+    mixed_up: frozenset[str] = frozenset()
+    #: Successes whose first answer trickles in a byte every 50 ms, slower
+    #: than any per-request timeout; retried, they end as :attr:`expected`.
+    trickled: frozenset[str] = frozenset()
+    #: Successes every answer of which is a 401 echoing the client's key
+    #: around the 300-character cut of error messages.
+    echoed: frozenset[str] = frozenset()
 
     @classmethod
     def script(
@@ -98,6 +111,8 @@ class ChaosBatch:
         probability: float = 0.2,
         invalid_ids: bool = True,
         duplicates: int = 5,
+        hostile: bool = True,
+        oversize: int = 17 * 2**20,
     ) -> ChaosBatch:
         """Script *n* ids of every outcome on *server*, arm every fault; return them.
 
@@ -107,8 +122,11 @@ class ChaosBatch:
         fail every request (:attr:`PERMANENT_FAULTS`) and as many others
         whose first answer takes *slow_beyond* seconds, adds
         ``max(2, n // 500)`` :attr:`missing` ids, and turns chaos on
-        (:meth:`~replipoll.testing.FakeReplicate.set_chaos`). The same *seed*
-        scripts the same batch on a new server with the same seed of its own.
+        (:meth:`~replipoll.testing.FakeReplicate.set_chaos`). With *hostile*,
+        it also picks ``max(3, n // 20_000)`` successes for each of
+        :attr:`oversized`, :attr:`mixed_up`, :attr:`trickled` and
+        :attr:`echoed`. The same *seed* scripts the same batch on a new
+        server with the same seed of its own.
 
         Args:
             server: The fake server (started or not); its other predictions
@@ -122,6 +140,9 @@ class ChaosBatch:
             probability: The share of requests chaos spoils.
             invalid_ids: Whether :attr:`batch` holds :attr:`invalid` ids.
             duplicates: How many of the scripted ids :attr:`batch` holds twice.
+            hostile: Whether to script the hostile-answer ids.
+            oversize: Bytes of an :attr:`oversized` answer (unpacked, for the
+                bomb); make it larger than your client's ``max_answer_size``.
 
         Raises:
             ValueError: *n* is below 8 or *duplicates* below 0, or
@@ -148,13 +169,34 @@ class ChaosBatch:
             max(4, n // 100), outcome=cls.UNDOCUMENTED
         )
         succeeded = [pid for pid in ids if expected[pid] == "succeeded"]
-        picked = rng.sample(succeeded, 2 * max(4, n // 400))
-        permanent, beyond = sorted(picked[::2]), sorted(picked[1::2])
+        few = max(4, n // 400)
+        hostile_few = max(3, n // 20_000) if hostile else 0
+        picked = rng.sample(succeeded, 2 * few + 4 * hostile_few)
+        permanent = sorted(picked[: 2 * few : 2])
+        beyond = sorted(picked[1 : 2 * few : 2])
+        hostile_ids = picked[2 * few :]
+        oversized, mixed_up, trickled, echoed = (
+            sorted(hostile_ids[k::4]) for k in range(4)
+        )
         for i, pid in enumerate(permanent):
             fault = cls.PERMANENT_FAULTS[i % len(cls.PERMANENT_FAULTS)]
             server.add_fault(fault, prediction_id=pid, times=None)
         for pid in beyond:
             server.add_fault(Fault.slow(slow_beyond), prediction_id=pid)
+        too_big = (
+            Fault.huge_body(oversize),
+            Fault.gzip_bomb(oversize),
+            Fault.endless_body(),
+        )
+        for i, pid in enumerate(oversized):
+            server.add_fault(too_big[i % 3], prediction_id=pid, times=None)
+        for pid in mixed_up:
+            server.add_fault(Fault.mismatched_id(), prediction_id=pid)
+        for pid in trickled:
+            server.add_fault(Fault.trickle(0.05), prediction_id=pid)
+        for i, pid in enumerate(echoed):
+            echo = Fault.echoed_key(401, offset=270 + 7 * i)
+            server.add_fault(echo, prediction_id=pid, times=None)
         missing = [f"missing{i:06d}" for i in range(max(2, n // 500))]
         invalid = ["../etc", "a b", "x" * 300] if invalid_ids else []
         batch = [*ids, *missing, *invalid, *ids[:duplicates]]
@@ -168,6 +210,10 @@ class ChaosBatch:
             beyond=frozenset(beyond),
             missing=frozenset(missing),
             invalid=frozenset(invalid),
+            oversized=frozenset(oversized),
+            mixed_up=frozenset(mixed_up),
+            trickled=frozenset(trickled),
+            echoed=frozenset(echoed),
         )
 
     def __repr__(self) -> str:
@@ -176,5 +222,6 @@ class ChaosBatch:
             f"ChaosBatch(batch={len(self.batch)} ids, expected={len(self.expected)}, "
             f"undocumented={len(self.undocumented)}, permanent={len(self.permanent)}, "
             f"beyond={len(self.beyond)}, missing={len(self.missing)}, "
-            f"invalid={len(self.invalid)})"
+            f"invalid={len(self.invalid)}, hostile={len(self.oversized)}+"
+            f"{len(self.mixed_up)}+{len(self.trickled)}+{len(self.echoed)})"
         )
