@@ -2,11 +2,22 @@
 
 Examples that run cannot rot.
 
-Every ```python block of those Markdown files runs, in page order, in one
-namespace per page; ``>>>`` blocks are checked like doctests. A ```text block
-right after a python block that printed something must match what it printed
-(``...`` matches anything; whitespace is normalised). A block that needs a real
-provider is preceded by a ``% skip: next`` comment and does not run.
+Every ```python block of those Markdown files runs on its own, in a fresh
+namespace, as ``python block.py`` would run it (``__name__`` is
+``"__main__"``): a block that forgets an import, or uses a name from an
+earlier block, fails. ``tests/test_docs_snippets.py`` checks the same without
+running anything.
+
+- A ``>>>`` block is checked like a doctest; its ``>>>`` lines share the
+  block's namespace, and nothing else.
+- A ```text block right after a python block that printed something must
+  match what it printed (``...`` matches anything; whitespace is normalised).
+- A block that needs a real provider is preceded by a ``% skip: next``
+  comment and does not run.
+- A ``% invisible-code-block: python`` runs in the namespace of the python
+  block just before it, to drive or clean up after that block (run the test
+  function it defined, remove the log handler it added). It is not shown in
+  the docs, so it must never be needed by a reader.
 
 The ``>>>`` examples in the package's docstrings run too, as doctests in the
 namespace of their module.
@@ -26,7 +37,10 @@ from typing import Any
 
 import replipoll
 from sybil import Document, Example, Region, Sybil
-from sybil.parsers.myst import CodeBlockParser, PythonCodeBlockParser, SkipParser
+from sybil.evaluators.doctest import DocTestEvaluator
+from sybil.evaluators.python import PythonEvaluator
+from sybil.parsers.abstract.doctest import DocTestStringParser
+from sybil.parsers.myst import CodeBlockParser, SkipParser
 from sybil.parsers.rest import DocTestParser
 
 # Import every module of the package now: Sybil forgets modules first imported
@@ -39,39 +53,79 @@ for _module in pkgutil.walk_packages(replipoll.__path__, "replipoll."):
     if not _module.name.endswith(_SKIP):
         importlib.import_module(_module.name)
 
-_PRINTED = "_sybil_printed"
+# Keys of the page's own namespace (Sybil's, shared by every example of a
+# page); no example code runs in it.
+_PRINTED = "_sybil_printed"  # what the last python block printed
+_CURRENT = "_sybil_block"  # (block key, namespace) of the last python block
 _CHECKER = doctest.OutputChecker()
 _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
+Evaluator = Callable[[Example], Any]
 
-def _capturing(
-    parser: Callable[[Document], Iterable[Region]],
-) -> Callable[[Document], Iterable[Region]]:
-    """Wrap ``parser`` so each of its examples records what it printed."""
 
-    def parse(document: Document) -> Iterable[Region]:
-        for region in parser(document):
-            inner = region.evaluator
-            if inner is None:
-                yield region
-                continue
+def _fresh_namespace() -> dict[str, Any]:
+    # Each block runs like a script: `if __name__ == "__main__":` is true.
+    return {"__name__": "__main__"}
 
-            def evaluate(example: Example, inner: Any = inner) -> Any:
-                buffer = io.StringIO()
-                with contextlib.redirect_stdout(buffer):
-                    outcome = inner(example)
-                example.namespace[_PRINTED] = buffer.getvalue()
-                return outcome
 
-            region.evaluator = evaluate
-            yield region
+class _PythonBlocks:
+    """Yield every python block of a page, each to run in a namespace of its own.
 
-    return parse
+    A plain block is one example; a ``>>>`` block is one example per ``>>>``
+    line, all of them in the block's namespace. An invisible block shares
+    the namespace of the visible python block before it.
+    """
+
+    def __init__(self) -> None:
+        self._blocks = CodeBlockParser("python")
+        self._python = PythonEvaluator()
+        self._doctests = DocTestStringParser(DocTestEvaluator())
+
+    def __call__(self, document: Document) -> Iterable[Region]:
+        # The lexers run one after the other: put the blocks in page order.
+        blocks = sorted(self._blocks(document), key=lambda region: region.start)
+        owner: int | None = None
+        for block in blocks:
+            directive = str(block.lexemes.get("directive") or "")
+            invisible = directive.startswith("invisible-")
+            if not invisible or owner is None:
+                owner = block.start
+            source = block.parsed
+            if source.startswith(">>>"):
+                for region in self._doctests(source, document.path):
+                    region.adjust(block, source)
+                    region.evaluator = self._isolated(
+                        region.evaluator, owner, invisible
+                    )
+                    yield region
+            else:
+                block.evaluator = self._isolated(self._python, owner, invisible)
+                yield block
+
+    @staticmethod
+    def _isolated(inner: Any, key: int, invisible: bool) -> Evaluator:
+        """Run ``inner`` in the namespace of block ``key``; record what it printed."""
+
+        def evaluate(example: Example) -> Any:
+            page = example.document.namespace
+            current = page.get(_CURRENT)
+            if current is None or current[0] != key:
+                current = page[_CURRENT] = (key, _fresh_namespace())
+            example.namespace = current[1]
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                outcome = inner(example)
+            printed = buffer.getvalue()
+            if printed or not invisible:
+                page[_PRINTED] = printed
+            return outcome
+
+        return evaluate
 
 
 def _check_printed(example: Example) -> str | None:
     """Compare a ```text block with what the python block before it printed."""
-    printed = example.namespace.pop(_PRINTED, "")
+    printed = example.document.namespace.pop(_PRINTED, "")
     if not printed:
         return None  # not program output: a log excerpt, a listing, ...
     want = str(example.parsed)
@@ -95,26 +149,16 @@ class _OtherFences(CodeBlockParser):
             yield region
 
     def evaluate(self, example: Example) -> None:
-        example.namespace.pop(_PRINTED, None)
-
-
-def _parsers() -> list[Callable[[Document], Iterable[Region]]]:
-    return [
-        _capturing(PythonCodeBlockParser()),
-        CodeBlockParser("text", _check_printed),
-        _OtherFences(),
-        SkipParser(),
-    ]
-
-
-def _setup(namespace: dict[str, Any]) -> None:
-    # Each page runs like a script: `if __name__ == "__main__":` is true.
-    namespace["__name__"] = "__main__"
+        example.document.namespace.pop(_PRINTED, None)
 
 
 markdown = Sybil(
-    parsers=_parsers(),
-    setup=_setup,
+    parsers=[
+        _PythonBlocks(),
+        CodeBlockParser("text", _check_printed),
+        _OtherFences(),
+        SkipParser(),
+    ],
     patterns=["README.md", "docs/*.md", "docs/*/*.md"],
     excludes=["docs/_build/*", "bench/*"],
     name="docs",

@@ -17,6 +17,7 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     BaseURLError,
+    BatchStoppedError,
     ClientClosedError,
     ConfigurationError,
     ConnectError,
@@ -47,6 +48,7 @@ from ._models import (
     Status,
 )
 from ._providers import PROVIDERS, Provider, Timeouts
+from ._results import Diagnosis
 from ._retry import Retrying, RetryPolicy
 from ._schedule import PollPolicy, RateBudget
 from ._version import VERSION as __version__
@@ -57,11 +59,13 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BaseURLError",
+    "BatchStoppedError",
     "Client",
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
     "DecodeError",
+    "Diagnosis",
     "DownloadError",
     "DownloadReport",
     "GatewayError",

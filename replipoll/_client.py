@@ -34,12 +34,15 @@ from ._schedule import PollPolicy, RateBudget
 from ._transport import DEFAULT_MAX_ANSWER_SIZE, Transport
 from ._version import VERSION
 
-__all__ = ["DEFAULT_TIMEOUT", "Client"]
+__all__ = ["BASE_URL_ENV", "DEFAULT_TIMEOUT", "Client"]
 
 #: Seconds one prediction may take to become terminal, by default, in
 #: :meth:`Client.wait` and :class:`~replipoll.PollManager` alike: Replicate
 #: stops a prediction after 30 minutes of running, and it may queue first.
 DEFAULT_TIMEOUT: Final = 3600.0
+#: The environment variable a Client reads its base URL from when given none
+#: (the command line's --base-url reads it too).
+BASE_URL_ENV: Final = "REPLIPOLL_BASE_URL"
 #: Statuses whose Retry-After pauses every request of the key: a 429 says the
 #: key's limit is spent, a 503 that the service is down for that long.
 _PAUSING: Final = frozenset({429, 503})
@@ -63,8 +66,9 @@ class Client:
         api_key: The key; if ``None``, read from the provider's environment
             variable (``REPLICATE_API_TOKEN``, ``DEERAPI_KEY``, ``COMETAPI_KEY``).
         base_url: Any compatible base URL (``.../v1``, a gateway's
-            ``.../replicate/v1``); overrides the provider's. The key is sent
-            to this URL's host only.
+            ``.../replicate/v1``); if ``None``, the ``REPLIPOLL_BASE_URL``
+            environment variable, else the provider's. The key is sent to
+            this URL's host only.
         session: An :class:`aiohttp.ClientSession` to borrow; it is never
             closed by the client. By default the client owns one.
         timeouts: Per-request timeouts; the provider's by default
@@ -101,7 +105,14 @@ class Client:
         'hello'
     """
 
-    __slots__ = ("_budget", "_provider", "_retry", "_timeouts", "_transport")
+    __slots__ = (
+        "_budget",
+        "_key_env",
+        "_provider",
+        "_retry",
+        "_timeouts",
+        "_transport",
+    )
 
     def __init__(
         self,
@@ -118,7 +129,20 @@ class Client:
         max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
     ) -> None:
         preset = get_provider(provider)
-        base = normalize_base_url(base_url if base_url is not None else preset.base_url)
+        from_env = None if base_url is not None else os.environ.get(BASE_URL_ENV)
+        try:
+            if base_url is not None:  # given, even empty: it must be good
+                base = normalize_base_url(base_url)
+            else:  # an empty variable counts as unset
+                base = normalize_base_url(from_env or preset.base_url)
+        except ConfigurationError as exc:
+            if not from_env:
+                raise
+            failure = ConfigurationError(
+                f"{exc} (from the {BASE_URL_ENV} environment variable)",
+                option="base_url",
+            )
+            raise failure from None
         if session is not None:
             _require("Client", "session", session, aiohttp.ClientSession)
         if timeouts is not None:
@@ -138,6 +162,8 @@ class Client:
                 "the API key contains unprintable characters", option="api_key"
             )
         self._provider = preset.name
+        # Where the key came from, for messages that say what to check.
+        self._key_env = "api_key" if api_key is not None else preset.env_var
         self._timeouts = timeouts if timeouts is not None else preset.timeouts
         self._retry = retry if retry is not None else RetryPolicy()
         self._budget = RateBudget(rate=rate_limit, burst=burst)
@@ -302,7 +328,12 @@ class Client:
                     )
                     raise failure from None
                 within -= time.monotonic() - started
-        return await self._exchange(request, budget, within, self._retry)
+        # (What _exchange does, without one more coroutine on every call.)
+        try:
+            return await self._transport.api(request, self._timeouts, within=within)
+        except HTTPStatusError as error:
+            self._pause(error, budget, self._retry)
+            raise
 
     async def _exchange(
         self,
@@ -324,17 +355,23 @@ class Client:
         try:
             return await self._transport.api(request, self._timeouts, within=within)
         except HTTPStatusError as error:
-            after = error.retry_after
-            if (
-                after is not None
-                and error.status in _PAUSING
-                and after <= retry.max_retry_after
-            ):
-                until = time.monotonic() + after
-                budget.pause_until(until)
-                if budget is not self._budget:
-                    self._budget.pause_until(until)
+            self._pause(error, budget, retry)
             raise
+
+    def _pause(
+        self, error: HTTPStatusError, budget: RateBudget, retry: RetryPolicy
+    ) -> None:
+        """Pause ``budget`` and this client's for a ``Retry-After`` worth it."""
+        after = error.retry_after
+        if (
+            after is not None
+            and error.status in _PAUSING
+            and after <= retry.max_retry_after
+        ):
+            until = time.monotonic() + after
+            budget.pause_until(until)
+            if budget is not self._budget:
+                self._budget.pause_until(until)
 
     @property
     def _redact(self) -> Redactor:

@@ -9,6 +9,7 @@
     ├── InvalidPredictionIdError (ValueError) rejected before any request is sent
     ├── ClientClosedError (RuntimeError)      the client was closed; no request sent
     ├── ManagerClosedError                    the PollManager closed first
+    ├── BatchStoppedError                     the batch fails for one reason
     ├── RequestError                          a request failed; .attempts, .request_id
     │   ├── HTTPStatusError                   a non-2xx answer; .retry_after
     │   │   ├── BadRequestError               400, 408, 422, other 4xx; 3xx
@@ -43,11 +44,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._models import Prediction
+    from ._results import Diagnosis
 
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BaseURLError",
+    "BatchStoppedError",
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
@@ -342,6 +345,25 @@ class ManagerClosedError(ReplipollError):
             f"the PollManager closed before prediction {prediction_id} finished"
         )
         self.prediction_id = prediction_id
+
+
+class BatchStoppedError(ReplipollError):
+    """A :class:`~replipoll.PollManager` stopped a batch failing for one reason.
+
+    With ``PollManager(stop_on_systemic=True)``, when the first answers of a
+    batch show that every request fails the same way (a refused key, a wrong
+    base URL, an unreachable host), the ids not finished end with this: most
+    were never sent, so polling them again after the fix costs nothing.
+
+    Attributes:
+        prediction_id: The id that was not finished.
+        diagnosis: The :class:`~replipoll.Diagnosis`: the cause and the fix.
+    """
+
+    def __init__(self, prediction_id: str, diagnosis: Diagnosis) -> None:
+        super().__init__(f"not polled: {diagnosis.message}")
+        self.prediction_id = prediction_id
+        self.diagnosis = diagnosis
 
 
 class PollTimeout(ReplipollError):

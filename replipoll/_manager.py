@@ -27,7 +27,7 @@ from typing import Final, Self
 
 from ._client import DEFAULT_TIMEOUT, Client
 from ._errors import (
-    BaseURLError,
+    BatchStoppedError,
     ConfigurationError,
     ManagerClosedError,
     PollTimeout,
@@ -41,7 +41,7 @@ from ._options import (
     check_non_negative,
     check_positive,
 )
-from ._results import PollResult, PollStats, StatusTally
+from ._results import Diagnosis, PollResult, PollStats, StatusTally, SystemicWatch
 from ._retry import Retrying, RetryPolicy
 from ._sansio import ApiRequest
 from ._schedule import PollPolicy, RateBudget, TimerQueue
@@ -125,6 +125,12 @@ class PollManager:
             many of them: 14% less CPU per request in the end-to-end
             benchmark (see :doc:`/benchmarks`). A poll goes at most
             this much later than the policy says; ``0`` turns it off.
+        stop_on_systemic: When the first answers show that the whole batch
+            fails for one reason (see :attr:`diagnosis`), end every
+            unfinished id with :class:`~replipoll.BatchStoppedError` at once
+            (and every id submitted later), instead of spending a request
+            and its retries on each. The judgement is made and logged either
+            way.
 
     Use it as ``async with``; on exit every poll still running is stopped and
     awaited, and every unfinished id ends with
@@ -162,6 +168,7 @@ class PollManager:
         on_update: UpdateCallback | None = None,
         cancel_on_timeout: bool = False,
         coalesce: float = 0.05,
+        stop_on_systemic: bool = False,
     ) -> None:
         owner = "PollManager"
         if not isinstance(client, Client):
@@ -197,6 +204,7 @@ class PollManager:
         self.on_update = on_update
         self.cancel_on_timeout = cancel_on_timeout
         self.coalesce = coalesce
+        self.stop_on_systemic = stop_on_systemic
         self._tracks: dict[str, _Track] = {}
         self._polls = TimerQueue()
         # Deadlines are a queue of their own, so that they pass on time
@@ -214,8 +222,10 @@ class PollManager:
             asyncio.Future[Prediction], Prediction
         ] = weakref.WeakKeyDictionary()
         self._cancels: set[asyncio.Task[None]] = set()
-        self._said_base_url = False
+        self._watch = SystemicWatch(client.base_url, key=client._key_env)
+        self._diagnosis: Diagnosis | None = None
         self._finished = self._errors = self._in_flight = self._peak = 0
+        self._submitted = 0
         self._requests = self._retries = self._throttled = 0
         self._budget_wait = 0.0
 
@@ -232,6 +242,11 @@ class PollManager:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    def _start_loop(self) -> asyncio.AbstractEventLoop:
+        self._start()
+        assert self._loop is not None
+        return self._loop
 
     def _start(self) -> asyncio.Queue[str | None]:
         if self._closed:
@@ -285,6 +300,11 @@ class PollManager:
             InvalidPredictionIdError: the id is unusable; nothing is tracked.
         """
         request = ApiRequest.for_prediction("GET", prediction_id)
+        if self._diagnosis is not None and self.stop_on_systemic:
+            stopped: asyncio.Future[Prediction] = self._start_loop().create_future()
+            stopped.set_exception(BatchStoppedError(prediction_id, self._diagnosis))
+            stopped.exception()  # retrieved: whoever awaits it gets it too
+            return stopped
         track = self._tracks.get(request.prediction_id)
         if track is not None:
             if not track.future.done():
@@ -304,6 +324,7 @@ class PollManager:
             if deadline < self._timer_at:
                 self._arm(deadline)
         self._tally.count(track.counted)
+        self._submitted += 1
         queue.put_nowait(track.id)
         return future
 
@@ -376,6 +397,19 @@ class PollManager:
                 if prediction.is_terminal:
                     self._resolve(track, prediction)
         return prediction
+
+    @property
+    def diagnosis(self) -> Diagnosis | None:
+        """Why the whole batch fails, if its first answers say so; else ``None``.
+
+        Judged from the failed requests before any prediction came back: a
+        key refused (401/403) for 3 ids, an HTML page where the API should
+        be, no connection to the host for 3 ids, or 404 for the first 10 ids
+        (or every id, if fewer). One prediction that comes back proves the
+        batch works, and nothing is judged after it. Logged once as a
+        warning; with ``stop_on_systemic=True`` it also stops the batch.
+        """
+        return self._diagnosis
 
     @property
     def stats(self) -> PollStats:
@@ -549,6 +583,8 @@ class PollManager:
         if not self._is_current(track):
             return  # cancelled locally while the request ran: drop the answer
         track.retrying = None
+        if not self._watch.healthy:
+            self._watch.answered()
         if self._observe(track, prediction):
             await self._notify(prediction)
         if prediction.is_terminal:
@@ -562,9 +598,12 @@ class PollManager:
     ) -> None:
         if isinstance(exc, RateLimitedError):
             self._throttled += 1
-        elif isinstance(exc, BaseURLError) and not self._said_base_url:
-            self._said_base_url = True  # every id will hear the same
-            logger.warning("%s", exc)
+        elif not self._watch.healthy and self._diagnosis is None:
+            diagnosis = self._watch.failed(track.id, exc, tracked=self._submitted)
+            if diagnosis is not None:
+                self._diagnose(diagnosis)
+                if self.stop_on_systemic:
+                    return  # the id ended with the rest
         retrying = track.retrying
         if retrying is None:
             retrying = track.retrying = self.retry.start(sent)
@@ -574,6 +613,19 @@ class PollManager:
         else:
             self._retries += 1
             self._schedule(track, now + wait)
+
+    def _diagnose(self, diagnosis: Diagnosis) -> None:
+        """The batch fails for one reason: say it once; stop if asked."""
+        self._diagnosis = diagnosis
+        logger.warning(
+            "%s (judged from %d ids)%s",
+            diagnosis.message,
+            diagnosis.ids,
+            "; stopping the batch" if self.stop_on_systemic else "",
+        )
+        if self.stop_on_systemic:
+            for track in list(self._tracks.values()):
+                self._fail(track, BatchStoppedError(track.id, diagnosis))
 
     def _time_out(self, track: _Track) -> None:
         """End ``track`` at its deadline; cancel it remotely beside, if asked."""

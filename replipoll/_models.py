@@ -238,29 +238,14 @@ _structure_prediction: Final[Callable[[object, object], Prediction]] = (
 )
 
 
-def structure_prediction(
-    data: object,
-    *,
-    status: int | None = None,
-    request_id: str | None = None,
-    url: str = "",
-    method: str = "GET",
-    redact: Callable[[str], str] | None = None,
-) -> Prediction:
+def structure_prediction(data: object, **answer: Any) -> Prediction:
     """Structure a decoded JSON body into a :class:`Prediction`.
 
-    The keyword arguments describe the answer the body came from; ``redact``
-    cleans the error's message.
+    The keyword arguments (``status``, ``request_id``, ``url``, ``method``,
+    ``redact``) describe the answer the body came from: see
+    :func:`replipoll._decode.structure`.
 
     Raises:
         DecodeError: with ``field`` set to the dotted path that failed.
     """
-    return structure(
-        _structure_prediction,
-        data,
-        status=status,
-        request_id=request_id,
-        url=url,
-        method=method,
-        redact=redact,
-    )
+    return structure(_structure_prediction, data, **answer)

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 
+from ._errors import (
+    AuthenticationError,
+    BaseURLError,
+    ConnectError,
+    NotFoundError,
+    RequestError,
+)
 from ._models import Prediction
 
-__all__ = ["PollResult", "PollStats", "StatusTally"]
+__all__ = ["Diagnosis", "PollResult", "PollStats", "StatusTally", "SystemicWatch"]
 
 
 @attrs.frozen
@@ -155,3 +163,130 @@ class StatusTally:
     def snapshot(self) -> dict[str, int]:
         """The non-zero counts."""
         return {k: v for k, v in self.counts.items() if v}
+
+
+#: What a whole batch can fail for.
+DiagnosisKind = Literal["key", "base_url", "not_found", "unreachable"]
+
+
+@attrs.frozen
+class Diagnosis:
+    """Why every request of a batch fails the same way, and what to do.
+
+    Made by a :class:`~replipoll.PollManager` from the first answers of a
+    batch, before any prediction came back: see
+    :attr:`PollManager.diagnosis <replipoll.PollManager.diagnosis>`.
+
+    Attributes:
+        kind: ``"key"`` (401/403: the key was refused), ``"base_url"`` (an
+            HTML page where the API should be), ``"not_found"`` (404 for
+            every id: usually a wrong base URL), ``"unreachable"`` (no
+            connection to the host).
+        message: One line: the cause and the fix.
+        error: One of the errors it was judged from.
+        ids: How many ids failed that way before the judgement.
+    """
+
+    kind: DiagnosisKind
+    message: str
+    error: RequestError = attrs.field(eq=False)
+    ids: int = 0
+
+
+class SystemicWatch:
+    """Judges, from a batch's first answers, whether it fails for one reason.
+
+    Fed every failed attempt (:meth:`failed`) and every record that arrived
+    (:meth:`answered`); until the first record, it counts the ids whose
+    requests failed the same way, and once enough have, returns a
+    :class:`Diagnosis`. A single record proves the base URL and the key work:
+    from then on it judges nothing.
+
+    The bar: one HTML page where the API should be; 3 ids refused with a 401
+    or 403; 3 ids whose host could not be reached; 10 ids (or every id there
+    is, if fewer) answered 404.
+
+    Example:
+        >>> from replipoll import AuthenticationError
+        >>> base = "https://api.replicate.com/v1"
+        >>> watch = SystemicWatch(base, key="REPLICATE_API_TOKEN")
+        >>> refused = AuthenticationError("Invalid token", status=401)
+        >>> [watch.failed(pid, refused, tracked=100) for pid in "ab"]
+        [None, None]
+        >>> diagnosis = watch.failed("c", refused, tracked=100)
+        >>> diagnosis.kind, diagnosis.message.endswith("check REPLICATE_API_TOKEN")
+        ('key', True)
+    """
+
+    KEY_IDS: Final = 3
+    UNREACHABLE_IDS: Final = 3
+    NOT_FOUND_IDS: Final = 10
+
+    __slots__ = ("_base_url", "_failed", "_healthy", "_key")
+
+    def __init__(self, base_url: str, *, key: str) -> None:
+        """``key`` names where the key came from (an environment variable)."""
+        self._base_url = base_url
+        self._key = key
+        self._healthy = False
+        self._failed: dict[DiagnosisKind, set[str]] = {}
+
+    @property
+    def healthy(self) -> bool:
+        """True once a record arrived: the batch as a whole works."""
+        return self._healthy
+
+    def answered(self) -> None:
+        """A record arrived."""
+        if not self._healthy:
+            self._healthy = True
+            self._failed.clear()
+
+    def failed(
+        self, prediction_id: str, error: BaseException, *, tracked: int
+    ) -> Diagnosis | None:
+        """Count one failed attempt; a :class:`Diagnosis` once one is due.
+
+        Args:
+            prediction_id: The id whose request failed.
+            error: How it failed.
+            tracked: Ids in the batch so far (a small batch needs fewer 404s).
+        """
+        if self._healthy:
+            return None
+        kind: DiagnosisKind
+        if isinstance(error, BaseURLError):
+            kind, needed = "base_url", 1
+        elif isinstance(error, AuthenticationError):
+            kind, needed = "key", self.KEY_IDS
+        elif isinstance(error, ConnectError) and error.status is None:
+            kind, needed = "unreachable", self.UNREACHABLE_IDS
+        elif isinstance(error, NotFoundError):
+            kind, needed = "not_found", min(self.NOT_FOUND_IDS, max(tracked, 1))
+        else:
+            return None
+        ids = self._failed.setdefault(kind, set())
+        ids.add(prediction_id)
+        if len(ids) < needed:
+            return None
+        assert isinstance(error, RequestError)
+        return Diagnosis(kind, self._explain(kind, error), error, len(ids))
+
+    def _explain(self, kind: DiagnosisKind, error: RequestError) -> str:
+        host = urlsplit(self._base_url).netloc
+        if kind == "key":
+            return (
+                f"the key was refused by {host} ({error.status}: {error.message}); "
+                f"check {self._key}"
+            )
+        if kind == "unreachable":
+            if error.message.startswith("could not connect"):
+                return error.message  # it names the host and the reason
+            return f"cannot reach {host}: {error.message}"
+        if kind == "not_found":
+            return (
+                f"no prediction found at {self._base_url} for any of the first "
+                f"ids; is the base URL right? It usually ends in /v1 "
+                f"(/replicate/v1 on gateways)"
+            )
+        return error.message

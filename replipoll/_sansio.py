@@ -374,6 +374,8 @@ def request_id_from(
 
 #: What :func:`parse_json` returns for a body that is not JSON.
 NOT_JSON: Final = object()
+#: A body not parsed yet.
+_UNPARSED: Final = object()
 #: Error bodies are read for their message up to this size (a real error
 #: body is a few hundred bytes; a bigger one is shown as text).
 _MAX_ERROR_JSON: Final = 64 * 1024
@@ -576,7 +578,7 @@ def decode_prediction(
     headers: Mapping[str, str],
     body: bytes,
     *,
-    data: Any = NOT_JSON,
+    data: Any = _UNPARSED,
     expected_id: str | None = None,
     method: str = "GET",
     url: str = "",
@@ -596,20 +598,20 @@ def decode_prediction(
         GatewayError: the body is a gateway's error, not a prediction.
         MismatchedIdError: the record is another prediction's; retried.
     """
-    if data is NOT_JSON:
+    if data is _UNPARSED:
         data = parse_json(body)
     if data is NOT_JSON or (isinstance(data, dict) and _gateway_error(data)):
         # Raised outside any handler: json's error would stay attached as
         # __context__, holding the whole body (which may echo the request).
         raise _not_a_prediction(status, headers, body, data, method, url, redact)
-    record = structure_prediction(
-        data,
-        status=status,
-        request_id=request_id_from(headers, redact=redact),
-        url=url,
-        method=method,
-        redact=redact,
-    )
+    try:
+        record = structure_prediction(
+            data, status=status, url=url, method=method, redact=redact
+        )
+    except DecodeError as error:
+        # (The request id is looked up only when it is needed.)
+        error.request_id = request_id_from(headers, redact=redact)
+        raise
     if expected_id is not None and record.id != expected_id:
         raise MismatchedIdError(
             f"the answer is another prediction's: "

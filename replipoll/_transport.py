@@ -63,9 +63,10 @@ logger: Final = logging.getLogger("replipoll")
 CHUNK_SIZE: Final = 64 * 1024
 #: The largest API answer accepted by default, counted after decompression.
 DEFAULT_MAX_ANSWER_SIZE: Final = 16 * 1024 * 1024
-#: Answers up to this size are parsed at once (a few milliseconds at most);
-#: bigger ones in a worker thread that lets the event loop run meanwhile.
-_INLINE_JSON: Final = 256 * 1024
+#: Answers up to this size are parsed at once: about 30 ms for the densest
+#: JSON (a megabyte of numbers), a few for real predictions. Bigger ones are
+#: parsed in a worker thread that lets the event loop run meanwhile.
+_INLINE_JSON: Final = 1024 * 1024
 #: Fields whose misfit was logged already (once per process each).
 _REPORTED: Final[set[str]] = set()
 
@@ -392,11 +393,17 @@ class Transport:
         headers = self._headers
         if headers is None:
             raise TypeError("this transport is for downloads only")  # a bug
-        session = self.session()
+        session = self._session
+        if session is None or session.closed:
+            session = self.session()
         url = f"{self._base_url}/{request.path}"
         method = request.method
         started = time.monotonic()
-        timeout, total = self._timeout(timeouts, within)
+        cached = self._last_timeout
+        if within is None and cached is not None and cached[0] is timeouts:
+            timeout, total = cached[1], timeouts.total  # the common case
+        else:
+            timeout, total = self._timeout(timeouts, within)
         limit = self._max_answer_size
         failure: BaseException | None = None
         try:

@@ -445,3 +445,21 @@ async def test_wait_times_out_with_the_last_record(
         await client.wait(pid, timeout=0.3)
     assert info.value.last is not None
     assert info.value.last.status == "processing"
+
+
+def test_the_base_url_comes_from_the_argument_then_the_environment_then_the_preset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same variable the command line reads: REPLIPOLL_BASE_URL."""
+    monkeypatch.delenv("REPLIPOLL_BASE_URL", raising=False)
+    assert Client("cometapi", api_key="k" * 10).base_url == (
+        "https://api.cometapi.com/replicate/v1"
+    )
+    monkeypatch.setenv("REPLIPOLL_BASE_URL", "https://gw.example/replicate/v1/")
+    assert Client(api_key="k" * 10).base_url == "https://gw.example/replicate/v1"
+    explicit = Client(api_key="k" * 10, base_url="https://other.example/v1")
+    assert explicit.base_url == "https://other.example/v1"
+    monkeypatch.setenv("REPLIPOLL_BASE_URL", "ftp://nope")
+    with pytest.raises(ConfigurationError) as info:
+        Client(api_key="k" * 10)
+    assert info.value.option == "base_url"

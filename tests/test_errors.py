@@ -110,6 +110,12 @@ SAMPLES: dict[str, BaseException] = {
     "RequestTimeoutError": replipoll.RequestTimeoutError("slow"),
     "PollTimeout": PollTimeout("abc", 2.0, Prediction(id="abc", status="starting")),
     "ManagerClosedError": replipoll.ManagerClosedError("abc"),
+    "BatchStoppedError": replipoll.BatchStoppedError(
+        "abc",
+        replipoll.Diagnosis(
+            "key", "the key was refused", replipoll.AuthenticationError("no"), 3
+        ),
+    ),
     "GatewayError": replipoll.GatewayError("no quota", status=200, request_id="g"),
     "MismatchedIdError": replipoll.MismatchedIdError(
         "mixed up", expected="a", received="b", status=200

@@ -14,6 +14,7 @@ import pytest
 import replipoll
 from replipoll import (
     BaseURLError,
+    BatchStoppedError,
     Client,
     ConfigurationError,
     ManagerClosedError,
@@ -23,6 +24,7 @@ from replipoll import (
     PollTimeout,
     Prediction,
     RateLimitedError,
+    RequestError,
     RetryPolicy,
 )
 from replipoll.testing import FakeReplicate, Fault
@@ -742,3 +744,123 @@ async def test_a_new_status_on_every_poll_costs_bounded_bookkeeping(
     assert all(len(name) <= 64 for name in names)
     warnings = [r for r in caplog.records if "undocumented" in r.getMessage()]
     assert len(warnings) == 17  # 16 names, then one "any other" note
+
+
+async def test_a_poll_that_fails_for_good_keeps_the_last_record_seen(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """Seen processing, then every request fails: the PollResult holds the
+    exhausted error and the processing record, not None."""
+    pid = fake_replicate.add_prediction(duration=30)
+    retry = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
+    async with (
+        Client(
+            base_url=fake_replicate.base_url(),
+            api_key=fake_replicate.api_key,
+            retry=retry,
+        ) as client,
+        PollManager(client, policy=QUICK) as manager,
+    ):
+        batch = asyncio.create_task(manager.poll_many([pid]))
+        await until(lambda: manager.stats.by_status.get("processing") == 1)
+        fake_replicate.add_fault(Fault.server_error(), prediction_id=pid, times=None)
+        (result,) = await batch
+    assert isinstance(result.error, RequestError)
+    assert result.error.attempts == 2
+    assert result.prediction is not None
+    assert result.prediction.status == "processing"
+
+
+# -- a batch that fails for one reason -----------------------------------------
+
+
+async def test_a_refused_key_is_judged_from_three_ids_and_stops_the_batch(
+    fake_replicate: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    """400 ids and a wrong key: a few requests, one line saying what to check,
+    and every other id ends unsent with BatchStoppedError."""
+    ids = fake_replicate.add_predictions(400)
+    async with (
+        Client(
+            base_url=fake_replicate.base_url(), api_key="r8_wrong-key-12345"
+        ) as client,
+        PollManager(client, max_concurrency=4, stop_on_systemic=True) as manager,
+    ):
+        results = await manager.poll_many(ids)
+        diagnosis = manager.diagnosis
+        late = manager.submit(fake_replicate.add_prediction())
+    assert diagnosis is not None
+    assert diagnosis.kind == "key"
+    assert "check api_key" in diagnosis.message  # the key came as an argument
+    assert fake_replicate.stats.total_requests < 10
+    stopped = [r for r in results if isinstance(r.error, BatchStoppedError)]
+    assert len(stopped) > 390
+    assert stopped[0].error.diagnosis is diagnosis
+    assert isinstance(late.exception(), BatchStoppedError)
+    said = [r for r in caplog.records if "key was refused" in r.getMessage()]
+    assert len(said) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "make"),
+    [
+        ("not_found", lambda base: base),  # ids that do not exist
+        ("base_url", lambda base: base),  # an HTML page where the API should be
+        ("unreachable", lambda base: "http://127.0.0.1:9/v1"),  # nothing listens
+    ],
+)
+async def test_each_systemic_failure_is_named_with_its_fix(
+    fake_replicate: FakeReplicate, kind: str, make: Callable[[str], str]
+) -> None:
+    if kind == "base_url":
+        fake_replicate.add_fault(Fault.html_200(), times=None)
+    ids = [f"missing{n:04d}" for n in range(50)]
+    retry = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.01)
+    async with (
+        Client(
+            base_url=make(fake_replicate.base_url()),
+            api_key=fake_replicate.api_key,
+            retry=retry,
+        ) as client,
+        PollManager(client, max_concurrency=4, stop_on_systemic=True) as manager,
+    ):
+        results = await manager.poll_many(ids)
+    assert manager.diagnosis is not None
+    assert manager.diagnosis.kind == kind
+    message = manager.diagnosis.message
+    expected = {
+        "not_found": "is the base URL right?",
+        "base_url": "is base_url right?",
+        "unreachable": "could not connect to 127.0.0.1:9: Connection refused",
+    }
+    assert expected[kind] in message
+    assert sum(isinstance(r.error, BatchStoppedError) for r in results) >= 35
+
+
+async def test_one_prediction_that_comes_back_proves_the_batch_works(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    """A batch whose first id exists and the rest do not: 404s for those ids
+    only, no judgement, nothing stopped."""
+    good = fake_replicate.add_prediction()
+    ids = [good, *(f"missing{n:04d}" for n in range(30))]
+    async with PollManager(client, max_concurrency=1, stop_on_systemic=True) as manager:
+        results = await manager.poll_many(ids)
+    assert manager.diagnosis is None
+    assert results[0].succeeded
+    assert all(isinstance(r.error, NotFoundError) for r in results[1:])
+
+
+async def test_without_stop_the_judgement_is_only_said(
+    fake_replicate: FakeReplicate,
+) -> None:
+    ids = fake_replicate.add_predictions(20)
+    async with (
+        Client(
+            base_url=fake_replicate.base_url(), api_key="r8_wrong-key-12345"
+        ) as client,
+        PollManager(client) as manager,
+    ):
+        results = await manager.poll_many(ids)
+    assert manager.diagnosis is not None
+    assert all(isinstance(r.error, replipoll.AuthenticationError) for r in results)
