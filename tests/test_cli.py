@@ -460,13 +460,15 @@ def test_a_second_writer_to_the_same_out_is_refused(
         proc.wait(10)
 
 
-def run_on_terminal(*args: str) -> tuple[int, str]:
-    """Run the CLI with standard error on a pseudo-terminal; return its output."""
+def run_on_terminal(*args: str, stream: str = "stderr") -> tuple[int, str]:
+    """Run the CLI with standard error (or ``stream="stdout"``: standard output)
+    on a pseudo-terminal; return what the terminal received."""
     controller, terminal = pty.openpty()
+    on_terminal = {stream: terminal}
     proc = subprocess.Popen(
         [*CLI, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=terminal,
+        stdout=on_terminal.get("stdout", subprocess.DEVNULL),
+        stderr=on_terminal.get("stderr", subprocess.DEVNULL),
         env=env(COLUMNS="100", TERM="xterm-256color"),
     )
     os.close(terminal)
@@ -850,3 +852,371 @@ def test_a_key_echoed_near_a_cut_reaches_neither_output_nor_results(
     assert "401" in done.stderr + out.read_text()
     for text in texts:
         assert not [piece for piece in pieces if piece in text], text
+
+
+# -- forgiving input: URLs, JSON, JSON Lines, comments ---------------------------
+
+
+def test_poll_reads_urls_json_arrays_and_json_lines_from_arguments_files_and_stdin(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """Page and API URLs as arguments, a pretty-printed JSON array with a BOM
+    and CRLF ends as --from, JSON Lines with comments on stdin: each id is
+    polled once, and nothing else reaches the server."""
+    a, b, c, d, e, f = fake.add(6)
+    ids_file = tmp_path / "ids.json"
+    array = f'[\r\n  "{b}",\r\n  {{"id": "{c}"}},\r\n  "{a}"\r\n]\r\n'
+    ids_file.write_bytes(b"\xef\xbb\xbf" + array.encode())
+    stdin = (
+        f"# exported from the dashboard\n"
+        f'{{"id": "{d}", "status": "succeeded"}}\n'
+        f"\n"
+        f"{e}   # the retry\n"
+        f"https://api.replicate.com/v1/predictions/{f}/cancel?x=1\n"
+    )
+    done = run(
+        "poll",
+        f"https://replicate.com/p/{a}",
+        f"HTTP://127.0.0.1:1/v1/predictions/{b}/",
+        "-",
+        "--from",
+        str(ids_file),
+        "--base-url",
+        fake.base_url,
+        input=stdin,
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["id"] for r in records) == sorted([a, b, c, d, e, f])
+    for pid in (a, b, c, d, e, f):
+        assert fake.requests_for(pid) == 1
+    for junk in ("[", "]", f'"{b}",', "#"):
+        assert fake.requests_for(junk) == 0
+
+
+def test_a_results_file_works_as_an_ids_file(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """`--from results.jsonl` polls the ids of a results file (JSON Lines)."""
+    ids = fake.add(3)
+    first = tmp_path / "first.jsonl"
+    assert (
+        run("poll", *ids, "--out", str(first), "--base-url", fake.base_url).returncode
+        == 0
+    )
+    second = tmp_path / "second.jsonl"
+    done = run(
+        "poll", "--from", str(first), "--out", str(second), "--base-url", fake.base_url
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(r["id"] for r in lines_of(second)) == sorted(ids)
+
+
+def test_a_file_given_as_an_id_exits_2_and_asks_for_from(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """`replipoll poll ids.txt`: one line, exit 2, the file name never polled."""
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("file-id-1\n")
+    done = run("poll", str(ids_file), "--base-url", fake.base_url)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"replipoll: error: {ids_file} is a file, not a prediction id: "
+        "did you mean --from FILE?"
+    ]
+    assert done.stdout == ""
+    assert fake.requests_for(str(ids_file)) == fake.requests_for("file-id-1") == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"first-ok\r\ndef\r\n\xff\xfeghi\r\n", "{file} line 3 is not UTF-8 text"),
+        (
+            b"first-ok\nnot/an id\n",
+            "{file} line 2: invalid prediction id 'not/an id': contains '/'; "
+            "an id is understood bare, in a page URL (https://replicate.com/p/ID) "
+            "or in an API URL (.../predictions/ID)",
+        ),
+        (
+            b"first-ok\n\n  ab#c\n",
+            "{file} line 3: invalid prediction id 'ab#c': contains '#'",
+        ),
+        (
+            b'{"id": "first-ok"}\n{"result": "failed"}\n',
+            '{file} line 2 is a JSON object without a string "id"',
+        ),
+        (
+            b'[\n  "first-ok",\n  "a b"\n]\n',
+            "{file} line 3: invalid prediction id 'a b': contains whitespace",
+        ),
+    ],
+)
+def test_an_ids_file_that_cannot_be_read_exits_2_with_one_line_naming_the_line(
+    fake: ServerThread,
+    tmp_path: Path,
+    invoke: Callable[..., tuple[int, str, str]],
+    content: bytes,
+    message: str,
+) -> None:
+    """Not UTF-8, an invalid id, a JSON object without an id: exit 2 before
+    anything is polled, one line, no "internal error"."""
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_bytes(content)
+    code, out, err = invoke(
+        "poll", "--from", str(ids_file), "--base-url", fake.base_url
+    )
+    assert code == 2
+    assert err.splitlines() == [f"replipoll: error: {message.format(file=ids_file)}"]
+    assert out == ""
+    assert fake.requests_for("first-ok") == 0
+
+
+@pytest.mark.parametrize(
+    "arg", ["a/b", "https://replicate.com/acme/flux", "replicate.com/p/abc"]
+)
+def test_a_slash_in_an_argument_is_refused_with_the_forms_understood(
+    arg: str, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, _, err = invoke("poll", arg)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"invalid prediction id '{arg}': contains '/'" in line
+    assert "https://replicate.com/p/ID" in line
+
+
+def test_download_reads_ids_the_same_way(
+    fake: ServerThread, tmp_path: Path, invoke: Callable[..., tuple[int, str, str]]
+) -> None:
+    """The same reader serves `download`: a page URL works, a file is refused."""
+    (pid,) = fake.add(1, n_files=1)
+    code, _, err = invoke(
+        "download",
+        f"https://replicate.com/p/{pid}",
+        "--dest",
+        str(tmp_path / "outputs"),
+        "--base-url",
+        fake.base_url,
+    )
+    assert code == 0, err
+    assert (tmp_path / "outputs" / pid / "out-0.bin").exists()
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"{pid}\n")
+    code, _, err = invoke("download", str(ids_file), "--dest", str(tmp_path))
+    assert code == 2
+    assert "did you mean --from FILE?" in err
+
+
+# -- --out is only ever a results file -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "looks"),
+    [
+        (b'{"model": "flux", "note": "keep me"}', "line 1 is a JSON object without"),
+        (b"abc123\ndef456\n", "line 1 looks like a prediction id"),
+        (b'[\n  "abc123"\n]\n', "line 1 is not JSON"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "line 1 is not JSON"),
+    ],
+)
+def test_an_out_file_that_is_not_a_results_file_is_refused_byte_for_byte_unchanged(
+    fake: ServerThread, tmp_path: Path, content: bytes, looks: str
+) -> None:
+    """A one-line JSON file without a newline, an ids file, a JSON array, a
+    binary file: exit 2 with one line, the file keeps every byte, nothing is
+    polled."""
+    (pid,) = fake.add(1)
+    out = tmp_path / "mine.json"
+    out.write_bytes(content)
+    before = out.stat()
+    done = run("poll", pid, "--out", str(out), "--base-url", fake.base_url)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(
+        f"replipoll: error: {out} is not a replipoll results file ({looks}"
+    )
+    assert line.endswith("); choose another --out, or delete it if it is yours")
+    assert out.read_bytes() == content
+    assert out.stat().st_mtime_ns == before.st_mtime_ns
+    assert fake.requests_for(pid) == 0
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink"])
+def test_out_that_is_the_from_file_is_refused(
+    fake: ServerThread, tmp_path: Path, spelling: str
+) -> None:
+    """`--from same.txt --out same.txt`, however spelled: exit 2, the ids
+    file unchanged."""
+    (pid,) = fake.add(1)
+    ids_file = tmp_path / "same.txt"
+    ids_file.write_text(f"{pid}\n")
+    (tmp_path / "sub").mkdir()
+    out = {
+        "same": ids_file,
+        "dotted": tmp_path / "sub" / ".." / "same.txt",
+        "symlink": tmp_path / "link.txt",
+    }[spelling]
+    if spelling == "symlink":
+        out.symlink_to(ids_file)
+    done = run(
+        "poll", "--from", str(ids_file), "--out", str(out), "--base-url", fake.base_url
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert f"--out {out} is the --from file" in line
+    assert ids_file.read_text() == f"{pid}\n"
+    assert fake.requests_for(pid) == 0
+
+
+def test_out_with_ids_from_stdin_is_not_compared_with_a_file(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """`--from -` names no file: a results file named "-" is fine."""
+    (pid,) = fake.add(1)
+    out = tmp_path / "-"
+    done = run(
+        "poll",
+        "--from",
+        "-",
+        "--out",
+        str(out),
+        "--base-url",
+        fake.base_url,
+        input=f"{pid}\n",
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["id"] for r in lines_of(out)] == [pid]
+
+
+# -- what comes from a server is shown as text, and written as strict JSON ------------
+
+HOSTILE = [
+    "[/bold]",
+    "[link=https://x]hidden[/link]",
+    "clear \\u001b[2J, \\u001b]8;;https://evil\\u0007link\\u001b]8;;\\u0007 \\u009b1m",
+    "lone \\ud800 surrogate",
+]
+
+
+@pytest.mark.parametrize("error", HOSTILE)
+def test_get_shows_server_text_literally_and_sends_no_escape_of_its_own(
+    fake: ServerThread, error: str
+) -> None:
+    """Markup is not interpreted, controls are shown as \\xNN, a lone surrogate
+    is replaced: exit 0, and not one escape byte in the output."""
+    pid = f"hostile{HOSTILE.index(error)}"
+    body = (
+        f'{{"id": "{pid}", "status": "failed", "model": "[b]m[/b]\\u001b[31m",'
+        f' "error": "{error}"}}'
+    )
+    fake.call(
+        fake.server.add_fault,
+        Fault.status(200, body, content_type="application/json"),
+        prediction_id=pid,
+        times=None,
+    )
+    done = run("get", pid, "--base-url", fake.base_url)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout
+    assert "\x9b" not in done.stdout
+    expected = (
+        json.loads(f'"{error}"')
+        .replace("\x1b", "\\x1b")
+        .replace("\x07", "\\x07")
+        .replace("\x9b", "\\x9b")
+        .replace("\ud800", "\ufffd")
+    )
+    assert expected in done.stdout
+    assert "[b]m[/b]\\x1b[31m" in done.stdout
+    as_json = run("get", pid, "--json", "--base-url", fake.base_url)
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout)["error"] == json.loads(f'"{error}"')
+
+
+def test_on_a_terminal_server_escapes_are_shown_never_sent(
+    fake: ServerThread,
+) -> None:
+    """With standard output on a terminal (where rich styles its text), the
+    server's clear-screen and hyperlink sequences arrive as visible text."""
+    pid = "hostile-terminal"
+    body = (
+        f'{{"id": "{pid}", "status": "failed", "error": "[/bold] \\u001b[2J'
+        f' \\u001b]8;;https://evil\\u0007click\\u001b]8;;\\u0007 \\ud800"}}'
+    )
+    fake.call(
+        fake.server.add_fault,
+        Fault.status(200, body, content_type="application/json"),
+        prediction_id=pid,
+        times=None,
+    )
+    code, screen = run_on_terminal(
+        "get", pid, "--base-url", fake.base_url, stream="stdout"
+    )
+    assert code == 0, screen
+    assert "\x1b[2J" not in screen
+    assert "\x1b]8;;" not in screen
+    assert "[/bold] \\x1b[2J \\x1b]8;;https://evil\\x07click" in screen
+    assert "\ufffd" in screen
+    assert "internal error" not in screen
+
+
+def test_a_one_line_error_with_server_controls_stays_one_plain_line(
+    fake: ServerThread,
+) -> None:
+    """A 404 whose message holds an escape sequence and a newline: one line on
+    standard error, the sequence shown, not sent."""
+    pid = "hostile-404"
+    fake.call(
+        fake.server.add_fault,
+        Fault.status(
+            404,
+            '{"detail": "gone \\u001b[2J[/bold]\\nsecond line"}',
+            content_type="application/json",
+        ),
+        prediction_id=pid,
+        times=None,
+    )
+    done = run("get", pid, "--base-url", fake.base_url)
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert "\x1b" not in line
+    assert "gone \\x1b[2J[/bold]" in line
+
+
+def strict_loads(text: str) -> Any:
+    """json.loads that refuses NaN and infinities, as strict JSON readers do."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_infinity_from_a_server_are_written_as_null(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """The results file, the lines on standard output and `get --json` are
+    strict JSON: NaN and Infinity become null."""
+    pid = "nan-record"
+    body = (
+        f'{{"id": "{pid}", "status": "succeeded", "output": NaN,'
+        ' "metrics": {"predict_time": Infinity, "other": -Infinity}}'
+    )
+    fake.call(
+        fake.server.add_fault,
+        Fault.status(200, body, content_type="application/json"),
+        prediction_id=pid,
+        times=None,
+    )
+    out = tmp_path / "results.jsonl"
+    done = run("poll", pid, "--out", str(out), "--base-url", fake.base_url)
+    assert done.returncode == 0, done.stderr
+    (line,) = out.read_text().splitlines()
+    record = strict_loads(line)
+    assert record["prediction"]["output"] is None
+    assert record["prediction"]["metrics"] == {"predict_time": None, "other": None}
+    streamed = run("poll", pid, "--base-url", fake.base_url)
+    assert strict_loads(streamed.stdout) == record
+    shown = run("get", pid, "--json", "--base-url", fake.base_url)
+    assert shown.returncode == 0
+    assert strict_loads(shown.stdout)["metrics"]["predict_time"] is None

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import sys
+import os
 from pathlib import Path
 
 import click
@@ -35,14 +34,20 @@ __all__ = ["demo", "download", "fake_server", "get", "poll"]
 def read_ids(args: tuple[str, ...], from_file: str | None) -> list[str]:
     """The ids of a command, or a one-line error (exit 2) if there are none.
 
+    Arguments, ``--from FILE`` and standard input are read as
+    :func:`~replipoll._cli._poll.gather_ids` says: ids, page and API URLs,
+    JSON arrays, JSON Lines, comments.
+
     Raises:
-        ConfigurationError: ``--from FILE`` cannot be read.
+        ConfigurationError: ``--from FILE`` cannot be read, is not UTF-8, or
+            holds something that is not an id; an argument is not an id, or
+            is a file (``--from`` was forgotten).
         click.UsageError: no ids at all.
     """
-    from ._poll import gather_ids
+    from ._poll import gather_ids, read_input
 
     try:
-        wanted = gather_ids(args, from_file, sys.stdin)
+        wanted = gather_ids(args, from_file, read_input, os.path.isfile)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigurationError(
@@ -130,7 +135,9 @@ def get(
 
     prediction = run_async(fetch())
     if as_json:
-        click.echo(json.dumps(prediction.to_json(), indent=2))
+        from ._resultlog import dumps
+
+        click.echo(dumps(prediction.to_json(), indent=2))  # NaN: null
         return EXIT_OK
     stdout.print(prediction_view(prediction))
     return EXIT_OK
@@ -186,10 +193,15 @@ def poll(
     standard output). With --out, a rerun skips ids already finished there,
     and killing the process at any moment loses no finished result.
     """
-    from ._poll import BatchRun, print_summary, run_batch
-    from ._resultlog import ResultLog
+    from ._poll import STDIN, BatchRun, print_summary, run_batch
+    from ._resultlog import ForeignFileError, ResultLog, same_file
 
     client = make_client(provider, base_url, api_key_env)
+    if out is not None and from_file not in (None, STDIN) and same_file(out, from_file):
+        raise ConfigurationError(
+            f"--out {out} is the --from file: the results would be appended to "
+            "the ids; choose another --out"
+        )
     wanted = read_ids(ids, from_file)
     show = progress_wanted(progress)
     log = ResultLog(out) if out is not None else None
@@ -203,6 +215,10 @@ def poll(
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot open {out}: {exc.strerror or exc}"
+            ) from None
+        except ForeignFileError as exc:  # left as it was
+            raise ConfigurationError(
+                f"{exc}; choose another --out, or delete it if it is yours"
             ) from None
         finished = contents.finished()
         done = {pid: contents.results[pid] for pid in wanted if pid in finished}

@@ -26,6 +26,7 @@ __all__ = [
     "api_options",
     "ids_options",
     "make_client",
+    "printable",
     "progress_option",
     "progress_wanted",
     "run_async",
@@ -159,5 +160,47 @@ def ids_options(func: F) -> F:
 
 
 def say(message: str) -> None:
-    """Print one line on standard error, never wrapped, never styled."""
-    click.echo(f"replipoll: {message}", err=True)
+    """Print one line on standard error, never wrapped, never styled.
+
+    The message goes through :func:`printable` (it may quote a server or a
+    file), with newlines shown as ``\\n`` so that it stays one line.
+    """
+    click.echo(f"replipoll: {printable(message, one_line=True)}", err=True)
+
+
+def _visible(code: int) -> str:
+    return f"\\x{code:02x}"
+
+
+#: C0 controls but tab and newline, DEL, and C1 controls (``\x1b``, ``\x9b``:
+#: the starts of terminal escape sequences) are shown as ``\xNN``; a lone
+#: surrogate (from a ``"\ud800"`` escape in JSON), which cannot be encoded at
+#: all, becomes U+FFFD.
+_PRINTABLE: Final[dict[int, str]] = {
+    **{code: _visible(code) for code in range(0x20) if chr(code) not in "\t\n"},
+    **{code: _visible(code) for code in range(0x7F, 0xA0)},
+    **dict.fromkeys(range(0xD800, 0xE000), "\ufffd"),
+}
+_ONE_LINE: Final[dict[int, str]] = {**_PRINTABLE, ord("\n"): "\\n"}
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` made safe to show on a terminal, as plain text.
+
+    Control characters (C0 but tab and newline, DEL, C1) are shown as
+    ``\\xNN`` so that none can start an escape sequence; lone surrogates
+    become U+FFFD, so the result always encodes as UTF-8. Everything else is
+    kept. Pass the result to rich as a :class:`rich.text.Text` (or with
+    ``markup=False``): this does not escape rich markup.
+
+    Args:
+        text: Any string, for instance from a server's answer.
+        one_line: Also show newlines as ``\\n``.
+
+    Example:
+        >>> printable("ok\\x1b[2J\\tdone\\n\\ud800")
+        'ok\\\\x1b[2J\\tdone\\n\ufffd'
+        >>> printable("two\\nlines", one_line=True)
+        'two\\\\nlines'
+    """
+    return text.translate(_ONE_LINE if one_line else _PRINTABLE)

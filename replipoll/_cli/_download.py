@@ -64,7 +64,8 @@ async def _one(
     )
     problem = None
     if prediction.status != "succeeded":
-        detail = f": {prediction.error}" if prediction.error else ""
+        message = prediction.error_message
+        detail = f": {message}" if message else ""
         problem = f"{pid} {prediction.status}{detail}"
     return prediction, report, problem
 

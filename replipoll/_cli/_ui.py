@@ -29,6 +29,7 @@ from rich.text import Text
 
 from .._manager import PollResult
 from .._models import Prediction
+from ._common import printable
 
 __all__ = [
     "ORDER",
@@ -36,6 +37,7 @@ __all__ = [
     "Tally",
     "live_progress",
     "outcome_table",
+    "plain",
     "prediction_view",
 ]
 
@@ -212,26 +214,40 @@ def outcome_table(
     return table
 
 
+def plain(value: object, style: str = "") -> Text:
+    """``str(value)`` as plain :class:`~rich.text.Text`: no markup, no controls.
+
+    For anything a server sent: ``[/bold]`` is shown as written, and an
+    escape character as ``\\x1b`` (see :func:`~replipoll._cli._common.printable`).
+    """
+    return Text(printable(str(value)), style=style)
+
+
 def prediction_view(prediction: Prediction) -> Table:
-    """One prediction as a two-column grid, for ``replipoll get``."""
+    """One prediction as a two-column grid, for ``replipoll get``.
+
+    Every value the server sent is shown as plain text (:func:`plain`).
+    """
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
     status = str(prediction.status)
-    grid.add_row("id", prediction.id)
-    grid.add_row("status", Text(status, style=STYLES.get(status, "white")))
-    for name in ("model", "created_at", "started_at", "completed_at", "error"):
+    grid.add_row("id", plain(prediction.id))
+    grid.add_row("status", plain(status, STYLES.get(status, "white")))
+    for name in ("model", "created_at", "started_at", "completed_at"):
         value = getattr(prediction, name)
         if value is not None:
-            grid.add_row(name.replace("_at", ""), str(value))
+            grid.add_row(name.replace("_at", ""), plain(value))
+    if prediction.error_message is not None:
+        grid.add_row("error", plain(prediction.error_message))
     if prediction.metrics is not None and prediction.metrics.predict_time is not None:
         grid.add_row("predict time", f"{prediction.metrics.predict_time:.2f}s")
     urls = list(prediction.output_urls())
     if urls:
-        grid.add_row("output", "\n".join(urls))
+        grid.add_row("output", plain("\n".join(urls)))
     elif prediction.output is not None:
         text = json.dumps(prediction.output)
-        grid.add_row("output", text if len(text) < 500 else text[:499] + "…")
+        grid.add_row("output", plain(text if len(text) < 500 else text[:499] + "…"))
     if prediction.data_removed:
         grid.add_row("data", "removed by the provider")
     return grid
