@@ -622,6 +622,7 @@ class PollManager:
             diagnosis.message,
             diagnosis.ids,
             "; stopping the batch" if self.stop_on_systemic else "",
+            extra={"replipoll_diagnosis": diagnosis},
         )
         if self.stop_on_systemic:
             for track in list(self._tracks.values()):

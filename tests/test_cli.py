@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 from replipoll import ConfigurationError
 from replipoll._cli import main
+from replipoll._cli._resultlog import read_log
 from replipoll.testing import FakeReplicate, Fault
 
 T = TypeVar("T")
@@ -690,8 +691,11 @@ def test_download_reports_every_problem_on_its_own_line_and_exits_1(
         fake.base_url,
     )
     assert code == 1
-    errors = err.splitlines()
+    *errors, summary = err.splitlines()
     assert len(errors) == 3, err
+    assert summary.startswith("replipoll: 3 predictions: 2 succeeded, 1 error;")
+    assert "1 files saved" in summary
+    assert "1 failed" in summary
     assert any("status 404" in line and "ghost-id" in line for line in errors)
     assert (
         f"replipoll: error: {removed}: the provider removed its outputs (data_removed)"
@@ -706,10 +710,11 @@ def test_download_reports_every_problem_on_its_own_line_and_exits_1(
     assert "out-1.bin" in out
 
 
-def test_verbose_logs_retries_which_are_silent_by_default(
+def test_get_says_each_retry_so_it_is_never_silent_while_it_waits(
     fake: ServerThread, invoke: Callable[..., tuple[int, str, str]]
 ) -> None:
-    """-v shows the retry warning on standard error; without it, only the result."""
+    """A single call says each retry as one line (a refused connection once
+    kept ``get`` silent for 6 s); -v logs them, richer, instead."""
     (pid,) = fake.add(1)
     fake.call(fake.server.add_fault, Fault.server_error(), prediction_id=pid)
     code, _, err = invoke("-v", "get", pid, "--json", "--base-url", fake.base_url)
@@ -719,7 +724,11 @@ def test_verbose_logs_retries_which_are_silent_by_default(
     fake.call(fake.server.add_fault, Fault.server_error(), prediction_id=pid)
     code, _, err = invoke("get", pid, "--json", "--base-url", fake.base_url)
     assert code == 0
-    assert err == ""
+    (line,) = err.splitlines()
+    assert line.startswith(f"replipoll: retrying {pid} in ")
+    assert "status 500" in line
+    code, _, err = invoke("get", pid, "--json", "--base-url", fake.base_url)
+    assert err == ""  # nothing to say when nothing went wrong
 
 
 def test_replipoll_debug_raises_instead_of_one_line(
@@ -1220,3 +1229,137 @@ def test_nan_and_infinity_from_a_server_are_written_as_null(
     shown = run("get", pid, "--json", "--base-url", fake.base_url)
     assert shown.returncode == 0
     assert strict_loads(shown.stdout)["metrics"]["predict_time"] is None
+
+
+# -- the first hour: a batch that fails for one reason, causes, progress -------
+
+
+def _server_requests(fake: ServerThread) -> int:
+    return fake.call(lambda: fake.server.stats.total_requests)
+
+
+def test_a_wrong_key_stops_the_batch_with_one_line_and_exit_2(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """400 ids with a wrong key: a handful of requests, not 400; one line
+    naming the host, the 401 and the variable to check; ids not polled are
+    not written, so the rerun with the right key polls every one."""
+    ids = fake.add(400)
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(ids))
+    out = tmp_path / "results.jsonl"
+    before = _server_requests(fake)
+    done = run(
+        "poll", "--from", str(ids_file), "--out", str(out), "--base-url",
+        fake.base_url, REPLICATE_API_TOKEN="r8_wrong-key-0000",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert _server_requests(fake) - before < 40
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("replipoll: error: the key was refused by 127.0.0.1:")
+    assert "401" in line
+    assert "check REPLICATE_API_TOKEN" in line
+    assert "ids not polled; fix it and run the same command again" in line
+    assert len(out.read_text().splitlines()) < 40
+    again = run("poll", "--from", str(ids_file), "--out", str(out), "-q",
+                "--base-url", fake.base_url)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert len(read_log(out).finished()) == 400
+
+
+def test_a_custom_key_variable_is_the_one_named(fake: ServerThread) -> None:
+    ids = fake.add(5)
+    done = run(
+        "poll", *ids, "--api-key-env", "MY_KEY", "--base-url", fake.base_url,
+        MY_KEY="r8_wrong-key-0000",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "check MY_KEY" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("base", "code", "says"),
+    [
+        ("{origin}", 2, "is the base URL right? It usually ends in /v1"),
+        ("{origin}/v1/predictions", 2, "is the base URL right?"),
+        ("http://127.0.0.1:9/v1", 1, "could not connect to 127.0.0.1:9: "),
+    ],
+    ids=["without /v1", "ending in /predictions", "a closed port"],
+)
+def test_a_wrong_base_url_or_a_closed_port_says_so_in_one_line(
+    fake: ServerThread, base: str, code: int, says: str
+) -> None:
+    ids = fake.add(30)
+    origin = fake.base_url.removesuffix("/v1")
+    done = run("poll", *ids, "--base-url", base.format(origin=origin), timeout=60)
+    assert done.returncode == code, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("replipoll: error: ")
+    assert says in line
+    assert "ssl:default" not in line
+
+
+def test_the_summary_counts_error_causes_and_verbose_says_each(
+    fake: ServerThread,
+) -> None:
+    good = fake.add(3)
+    ghosts = ["ghost-a", "ghost-b"]
+    done = run("poll", *good, *ghosts, "--base-url", fake.base_url)
+    assert done.returncode == 1
+    assert "[404 NotFoundError x 2]" in done.stderr
+    loud = run("-v", "poll", *good, *ghosts, "--base-url", fake.base_url)
+    for ghost in ghosts:
+        assert f"{ghost}: Not found." in loud.stderr
+
+
+def test_get_takes_a_page_url(fake: ServerThread) -> None:
+    (pid,) = fake.add(1)
+    done = run("get", f"https://replicate.com/p/{pid}", "--base-url", fake.base_url)
+    assert done.returncode == 0, done.stderr
+    assert pid in done.stdout
+
+
+def test_progress_shows_rate_time_left_and_a_paused_countdown(
+    fake: ServerThread,
+) -> None:
+    """During a Retry-After the bar says it is paused and when it resumes,
+    instead of sitting still as if hung."""
+    ids = fake.add(20, duration=0.2)
+    fake.call(fake.server.add_fault, Fault.rate_limited(3.0), prediction_id=ids[0])
+    code, screen = run_on_terminal("poll", *ids, "--base-url", fake.base_url)
+    assert code == 0
+    assert "paused by the provider (Retry-After), resuming in" in screen
+    assert "/s" in screen  # the rate
+    assert "eta" in screen
+
+
+def test_a_resumed_batch_counts_the_earlier_runs_and_says_so(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    done_ids = fake.add(4)
+    more = fake.add(2, duration=0.3)
+    out = tmp_path / "results.jsonl"
+    assert run("poll", *done_ids, "--out", str(out), "-q",
+               "--base-url", fake.base_url).returncode == 0  # fmt: skip
+    code, screen = run_on_terminal(
+        "poll", *done_ids, *more, "--out", str(out), "--base-url", fake.base_url
+    )
+    assert code == 0
+    assert "(4 done in earlier runs)" in screen
+    assert "6/6" in screen  # the bar counts the whole batch
+
+
+def test_download_shows_a_progress_bar_and_a_summary_table(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    ids = fake.add(6, duration=0.3, n_files=3)
+    code, screen = run_on_terminal(
+        "download", *ids, "--wait", "--dest", str(tmp_path), "--base-url",
+        fake.base_url,
+    )  # fmt: skip
+    assert code == 0
+    assert "waiting and saving" in screen
+    assert "files saved" in screen
+    assert "18" in screen
+    assert str(tmp_path) not in screen  # no line per file scrolling past
+    assert len(list(tmp_path.glob("*/*.bin"))) == 18

@@ -21,7 +21,7 @@ from replipoll import (
     Prediction,
 )
 from replipoll._cli._common import printable
-from replipoll._cli._poll import decode_lines, gather_ids, id_from, parse_ids
+from replipoll._cli._ids import decode_lines, gather_ids, id_from, parse_ids
 from replipoll._cli._resultlog import (
     ForeignFileError,
     ResultLog,

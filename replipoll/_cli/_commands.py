@@ -10,17 +10,19 @@ from pathlib import Path
 import click
 
 from .._client import DEFAULT_TIMEOUT
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, InvalidPredictionIdError
 from .._models import Prediction
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
     Interrupted,
     api_options,
     ids_options,
     make_client,
     progress_option,
     progress_wanted,
+    retry_notices,
     run_async,
     say,
     stderr,
@@ -35,7 +37,7 @@ def read_ids(args: tuple[str, ...], from_file: str | None) -> list[str]:
     """The ids of a command, or a one-line error (exit 2) if there are none.
 
     Arguments, ``--from FILE`` and standard input are read as
-    :func:`~replipoll._cli._poll.gather_ids` says: ids, page and API URLs,
+    :func:`~replipoll._cli._ids.gather_ids` says: ids, page and API URLs,
     JSON arrays, JSON Lines, comments.
 
     Raises:
@@ -44,7 +46,7 @@ def read_ids(args: tuple[str, ...], from_file: str | None) -> list[str]:
             is a file (``--from`` was forgotten).
         click.UsageError: no ids at all.
     """
-    from ._poll import gather_ids, read_input
+    from ._ids import gather_ids, read_input
 
     try:
         wanted = gather_ids(args, from_file, read_input, os.path.isfile)
@@ -126,14 +128,24 @@ def get(
     base_url: str | None,
     api_key_env: str | None,
 ) -> int:
-    """Show one prediction, whatever its status (exit 0 once fetched)."""
+    """Show one prediction, whatever its status (exit 0 once fetched).
+
+    ID may also be a page URL (https://replicate.com/p/ID) or an API URL.
+    """
+    from ._ids import id_from
+
     client = make_client(provider, base_url, api_key_env)
+    try:
+        pid = id_from(prediction_id.strip())
+    except InvalidPredictionIdError as exc:
+        raise ConfigurationError(str(exc)) from None
 
     async def fetch() -> Prediction:
         async with client:
-            return await client.get(prediction_id)
+            return await client.get(pid)
 
-    prediction = run_async(fetch())
+    with retry_notices():
+        prediction = run_async(fetch())
     if as_json:
         from ._resultlog import dumps
 
@@ -193,7 +205,8 @@ def poll(
     standard output). With --out, a rerun skips ids already finished there,
     and killing the process at any moment loses no finished result.
     """
-    from ._poll import STDIN, BatchRun, print_summary, run_batch
+    from ._ids import STDIN
+    from ._poll import BatchRun, print_summary, run_batch
     from ._resultlog import ForeignFileError, ResultLog, same_file
 
     client = make_client(provider, base_url, api_key_env)
@@ -254,8 +267,14 @@ def poll(
             log.close()
     if show:
         print_summary(run, stdout if out is not None else stderr)
-    elif not quiet:
+    elif not quiet and run.diagnosis is None:
         say(run.summary_line())
+    if run.diagnosis is not None:
+        # The batch failed for one reason: say it, and what to do, once.
+        unsent = f"; {run.not_sent} ids not polled" if run.not_sent else ""
+        rerun = "; fix it and run the same command again" if run.not_sent else ""
+        say(f"error: {run.diagnosis.message}{unsent}{rerun}")
+        return EXIT_FAILED if run.diagnosis.kind == "unreachable" else EXIT_USAGE
     return EXIT_OK if run.all_succeeded else EXIT_FAILED
 
 
@@ -279,6 +298,7 @@ def poll(
 @click.option(
     "--wait", is_flag=True, help="Poll each prediction until it is finished first."
 )
+@progress_option
 @api_options
 def download(
     ids: tuple[str, ...],
@@ -287,6 +307,7 @@ def download(
     overwrite: bool,
     concurrency: int,
     wait: bool,
+    progress: bool | None,
     provider: str,
     base_url: str | None,
     api_key_env: str | None,
@@ -294,26 +315,38 @@ def download(
     """Save finished predictions' output files under DEST/ID/.
 
     Files already there are skipped; each file appears under its final name
-    only once complete. Output URLs are fetched without the API key. Exit 1
-    if a prediction did not succeed or a file could not be saved.
+    only once complete. Output URLs are fetched without the API key. On a
+    terminal a progress bar counts predictions and files, and a table sums
+    them up; otherwise each file is one line on standard output. Exit 1 if a
+    prediction did not succeed or a file could not be saved.
     """
     from ._download import download_all
 
     client = make_client(provider, base_url, api_key_env)
     wanted = read_ids(ids, from_file)
-    ok = run_async(
-        download_all(
-            client,
-            wanted,
-            dest,
-            overwrite=overwrite,
-            concurrency=concurrency,
-            wait=wait,
-            out=stdout,
-            err=stderr,
+    show = progress_wanted(progress)
+    with retry_notices() if not show else contextlib.nullcontext():
+        run = run_async(
+            download_all(
+                client,
+                wanted,
+                dest,
+                overwrite=overwrite,
+                concurrency=concurrency,
+                wait=wait,
+                out=stdout,
+                err=stderr,
+                progress=show,
+            )
         )
-    )
-    return EXIT_OK if ok else EXIT_FAILED
+    if show:
+        stderr.print(run.table())
+    else:
+        say(run.summary_line())
+    if run.diagnosis is not None:
+        say(f"error: {run.diagnosis.message}; fix it and run the same command again")
+        return EXIT_FAILED if run.diagnosis.kind == "unreachable" else EXIT_USAGE
+    return EXIT_OK if run.ok else EXIT_FAILED
 
 
 @click.command("fake-server")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Final, TypeVar
 
+import attrs
 import click
 from rich.console import Console
 
@@ -29,6 +31,7 @@ __all__ = [
     "printable",
     "progress_option",
     "progress_wanted",
+    "retry_notices",
     "run_async",
     "say",
     "stderr",
@@ -125,14 +128,17 @@ def make_client(provider: str, base_url: str | None, api_key_env: str | None) ->
         ConfigurationError: the key's variable is unset or empty, or the base
             URL is unusable.
     """
-    name = api_key_env or PROVIDERS[provider.lower()].env_var
+    preset = PROVIDERS[provider.lower()]
+    name = api_key_env or preset.env_var
     key = os.environ.get(name, "").strip()
     if not key:
         hint = "" if api_key_env else " (or name another one with --api-key-env)"
         raise ConfigurationError(
             f"no API key: set the {name} environment variable{hint}"
         )
-    return Client(provider.lower(), api_key=key, base_url=base_url)
+    # The client reads the key from that variable itself, so what it says
+    # about a refused key names the variable to check.
+    return Client(attrs.evolve(preset, env_var=name), base_url=base_url)
 
 
 def progress_wanted(flag: bool | None) -> bool:
@@ -157,6 +163,37 @@ def ids_options(func: F) -> F:
         help="Read ids from FILE, one a line ('-' for standard input).",
     )(func)
     return click.argument("ids", nargs=-1, metavar="[ID]... | -")(func)
+
+
+class _Say(logging.Handler):
+    """Says each warning of replipoll's on standard error, one line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not hasattr(record, "replipoll_diagnosis"):  # the command says those
+            say(record.getMessage())
+
+
+@contextlib.contextmanager
+def retry_notices() -> Iterator[None]:
+    """Say replipoll's warnings (retries above all) while the block runs.
+
+    For commands that make one call at a time (``get``, ``download``): a
+    client retrying a refused connection would otherwise be silent for
+    seconds. Under ``-v`` the log shows them already, and nothing is added.
+    """
+    log = logging.getLogger("replipoll")
+    if log.isEnabledFor(logging.INFO):
+        yield
+        return
+    handler = _Say(logging.WARNING)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def say(message: str) -> None:

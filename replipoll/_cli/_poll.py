@@ -1,373 +1,51 @@
 """``replipoll poll``: poll a batch of ids, one durable JSON line per finished id.
 
-The click command lives in :mod:`replipoll._cli`; this module holds the
-parts worth testing without a terminal: reading ids (pure functions, from
-text already read: :func:`gather_ids`, :func:`parse_ids`, :func:`id_from`),
-and the batch run that appends to a :class:`~replipoll._resultlog.ResultLog`
-as each id finishes.
+The click command lives in :mod:`replipoll._cli`; this module holds the batch
+run that appends to a :class:`~replipoll._resultlog.ResultLog` as each id
+finishes (ids are read by :mod:`replipoll._cli._ids`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
+import logging
 import sys
 import time
-import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, Final
+from typing import IO, Any
 
 import attrs
 from rich.console import Console
 
 from .._client import Client
-from .._errors import ConfigurationError, InvalidPredictionIdError
+from .._errors import BatchStoppedError, TransportError
 from .._manager import PollManager
-from .._sansio import validate_prediction_id
-from ._resultlog import ResultLog, record_for
-from ._ui import Tally, live_progress, outcome_table
+from .._results import Diagnosis
+from ._common import say
+from ._resultlog import ResultLog, dumps, record_for
+from ._ui import Tally, live_progress, outcome_table, plain
 
-__all__ = [
-    "BatchRun",
-    "decode_lines",
-    "gather_ids",
-    "id_from",
-    "parse_ids",
-    "read_input",
-    "run_batch",
-]
-
-STDIN: Final = "-"
-#: How standard input is named in messages.
-STDIN_NAME: Final = "standard input"
-#: Said when an id with a ``/`` is refused.
-FORMS: Final = (
-    "an id is understood bare, in a page URL (https://replicate.com/p/ID) "
-    "or in an API URL (.../predictions/ID)"
-)
-
-_PLAIN_ID: Final = re.compile(r"[A-Za-z0-9_-]+")
-_INLINE_COMMENT: Final = re.compile(r"\s#")
-_JSON_SPACE: Final = re.compile(r"[ \t\n\r]*")
-_URL_TAILS: Final = frozenset({"cancel", "stream"})
-_BOM: Final = "\ufeff"
-_DECODER: Final = json.JSONDecoder()
+__all__ = ["BatchRun", "cause_of", "print_summary", "run_batch"]
 
 
-def id_from(text: str) -> str:
-    """The prediction id that ``text`` names: an id, or a page or API URL.
-
-    URLs are ``http`` or ``https``, any host, any case:
-    ``.../p/ID`` (a page on replicate.com) and ``.../predictions/ID``
-    (the API), the latter maybe followed by ``/cancel`` or ``/stream``; a
-    query, a fragment and a trailing slash are ignored, and the id is
-    percent-decoded. The id is then checked as the library checks it.
+def cause_of(error: BaseException) -> str:
+    """What an error is, for the summary's count of causes.
 
     Example:
-        >>> id_from("57l4sqxxk3sljddbebv6v33k22")
-        '57l4sqxxk3sljddbebv6v33k22'
-        >>> id_from("https://replicate.com/p/57l4sqxxk3sljddbebv6v33k22")
-        '57l4sqxxk3sljddbebv6v33k22'
-        >>> id_from("HTTP://Gateway.example/replicate/v1/predictions/a%2Db/cancel?x=1")
-        'a-b'
-        >>> id_from("https://replicate.com/acme/model")
-        Traceback (most recent call last):
-        ...
-        replipoll.InvalidPredictionIdError: invalid ...: contains '/'; an id is ...
-
-    Raises:
-        InvalidPredictionIdError: not a usable id. If ``text`` has a ``/``
-            that is not in a URL understood, the reason says which are.
+        >>> from replipoll import AuthenticationError, ConnectError
+        >>> cause_of(AuthenticationError("Invalid token", status=401))
+        '401 AuthenticationError'
+        >>> cause_of(ConnectError("could not connect to h:9: Connection refused"))
+        'ConnectError: could not connect to h:9: Connection refused'
     """
-    if "/" not in text:  # the common case: no URL
-        return validate_prediction_id(text)
-    found = _id_in_url(text)
-    if found is not None:
-        return validate_prediction_id(found)
-    try:
-        return validate_prediction_id(text)
-    except InvalidPredictionIdError as exc:  # it is: it has a "/"
-        raise InvalidPredictionIdError(text, f"{exc.reason}; {FORMS}") from None
-
-
-def _id_in_url(text: str) -> str | None:
-    """The id in a page or API URL, percent-decoded; ``None`` if no such URL."""
-    try:
-        parts = urllib.parse.urlsplit(text)
-    except ValueError:  # e.g. "http://[::1": not a URL at all
-        return None
-    if parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
-        return None
-    segments = parts.path.rstrip("/").split("/")
-    words = [segment.lower() for segment in segments]
-    if len(words) >= 3 and words[-1] in _URL_TAILS and words[-3] == "predictions":
-        segment = segments[-2]
-    elif len(words) >= 2 and words[-2] in {"predictions", "p"}:
-        segment = segments[-1]
-    else:
-        return None
-    try:
-        return urllib.parse.unquote(segment, errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidPredictionIdError(
-            segment, "percent-encodes bytes that are not UTF-8 text"
-        ) from None
-
-
-def decode_lines(data: bytes, source: str) -> list[str]:
-    """The lines of an ids file's bytes: UTF-8, any line ends (LF, CRLF, CR).
-
-    Example:
-        >>> decode_lines(b"abc\\r\\ndef\\n", "ids.txt")
-        ['abc', 'def', '']
-        >>> decode_lines(b"abc\\n\\xff\\n", "ids.txt")
-        Traceback (most recent call last):
-        ...
-        replipoll.ConfigurationError: ids.txt line 2 is not UTF-8 text
-
-    Raises:
-        ConfigurationError: the bytes are not UTF-8; the message names the line.
-    """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # (The "x" makes the line the bad byte is on count, even at its start.)
-        number = len((data[: exc.start] + b"x").splitlines())
-        raise ConfigurationError(f"{source} line {number} is not UTF-8 text") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-
-
-def parse_ids(lines: Iterable[str], source: str = "input") -> list[str]:
-    """Ids from the lines of an ids file, in order (duplicates kept).
-
-    A line holds an id, a page or API URL (:func:`id_from`), or a JSON
-    value: a string, or an object with a string ``"id"`` (JSON Lines, such as
-    a results file of ``replipoll poll``). Skipped: blank lines, ``#``
-    comment lines, comments after whitespace (``abc  # note``), a UTF-8 BOM,
-    the ``\\r`` of CRLF line ends. Text whose first line (comments aside)
-    starts with ``[`` is one JSON array of ids or objects with an ``"id"``,
-    in any layout; one starting with ``{`` may be one JSON object on several
-    lines.
-
-    Args:
-        lines: The text, line by line (line ends may be kept).
-        source: What the lines are called in messages (the file's name).
-
-    Example:
-        >>> parse_ids(["abc\\n", "  # a comment\\n", "", " def ", "abc"])
-        ['abc', 'def', 'abc']
-        >>> parse_ids(["\\ufeffabc  # first\\r\\n", "https://replicate.com/p/def\\r\\n"])
-        ['abc', 'def']
-        >>> parse_ids(['{"id": "abc", "result": "failed"}', '"def"'])
-        ['abc', 'def']
-        >>> parse_ids(["[", '  "abc",', '  {"id": "def"}', "]"])
-        ['abc', 'def']
-        >>> parse_ids(["abc", "ab#c"], "ids.txt")
-        Traceback (most recent call last):
-        ...
-        replipoll.ConfigurationError: ids.txt line 2: invalid ... 'ab#c': contains '#'
-
-    Raises:
-        ConfigurationError: a line, or an item of the JSON array, is not an
-            id; the message names ``source`` and the line.
-    """
-    lines = list(lines)
-    if lines:
-        lines[0] = lines[0].removeprefix(_BOM)
-    first = next((n for n, line in enumerate(lines) if _content(line)), None)
-    if first is not None:
-        text = lines[first].strip()
-        if text.startswith("["):
-            return _ids_in_array(_join(lines[first:]), source, first)
-        if text.startswith("{") and _loads(text) is None:
-            whole = _loads(_join(lines[first:]))  # one object on several lines?
-            if isinstance(whole, dict):
-                return [_id_in_value(whole, f"{source} line {first + 1}")]
-    ids = []
-    for number, line in enumerate(lines, 1):
-        text = _content(line)
-        if text:
-            ids.append(_id_on_line(text, f"{source} line {number}"))
-    return ids
-
-
-def _join(lines: list[str]) -> str:
-    return "\n".join(line.rstrip("\r\n") for line in lines)
-
-
-def _content(line: str) -> str:
-    """A line without surrounding whitespace; "" if blank or a comment line."""
-    text = line.strip()
-    return "" if text.startswith("#") else text
-
-
-def _loads(text: str) -> Any:
-    """``json.loads``, or ``None`` if ``text`` is not JSON."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _id_on_line(text: str, where: str) -> str:
-    if text[0] in '{["':
-        try:
-            value, end = _DECODER.raw_decode(text)
-        except (ValueError, RecursionError):
-            raise ConfigurationError(f"{where} is not valid JSON") from None
-        if _without_comment(text[end:]):  # only a comment may follow
-            raise ConfigurationError(f"{where} is not valid JSON")
-        return _id_in_value(value, where)
-    return _checked(_without_comment(text), where)
-
-
-def _without_comment(text: str) -> str:
-    """``text`` up to a ``#`` after whitespace, stripped."""
-    match = _INLINE_COMMENT.search(text)
-    return (text if match is None else text[: match.start()]).strip()
-
-
-def _id_in_value(value: Any, where: str) -> str:
-    """The id that a JSON value holds: a string, or an object's ``"id"``."""
-    if isinstance(value, dict):
-        if not isinstance(value.get("id"), str):
-            raise ConfigurationError(f'{where} is a JSON object without a string "id"')
-        value = value["id"]
-    if not isinstance(value, str):
-        raise ConfigurationError(
-            f'{where} is neither an id nor a JSON object with an "id"'
-        )
-    return _checked(value.strip(), where)
-
-
-def _checked(text: str, where: str) -> str:
-    try:
-        return id_from(text)
-    except InvalidPredictionIdError as exc:
-        raise ConfigurationError(f"{where}: {exc}") from None
-
-
-def _ids_in_array(text: str, source: str, offset: int) -> list[str]:
-    """The ids of a JSON array, each error naming the line it is on.
-
-    ``text`` starts with ``[`` (after whitespace); it is its file from line
-    ``offset + 1`` on. json's own decoder reads each item (with its position,
-    which ``json.loads`` would not give).
-    """
-    line, counted = offset + 1, 0  # the line of text[counted]
-
-    def line_of(pos: int) -> str:
-        # Counted on from the last position asked: linear, not quadratic.
-        nonlocal line, counted
-        if pos < counted:
-            line, counted = offset + 1, 0
-        line += text.count("\n", counted, pos)
-        counted = pos
-        return f"{source} line {line}"
-
-    def skip(pos: int) -> int:
-        match = _JSON_SPACE.match(text, pos)
-        assert match is not None  # it matches the empty string
-        return match.end()
-
-    ids = []
-    pos = skip(text.index("[") + 1)  # only whitespace before it
-    closed = text.startswith("]", pos)
-    while not closed:
-        try:
-            item, end = _DECODER.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(
-                f"{line_of(exc.pos)} is not a valid JSON array: {exc.msg.lower()}"
-            ) from None
-        except RecursionError:
-            raise ConfigurationError(
-                f"{line_of(pos)} is not a valid JSON array: nested too deep"
-            ) from None
-        if isinstance(item, list):
-            raise ConfigurationError(f"{line_of(pos)} is an array in the array")
-        ids.append(_id_in_value(item, line_of(pos)))
-        pos = skip(end)
-        if text.startswith(",", pos):
-            pos = skip(pos + 1)
-        elif text.startswith("]", pos):
-            closed = True
-        else:
-            raise ConfigurationError(
-                f"{line_of(pos)} is not a valid JSON array: expecting ',' or ']'"
-            )
-    pos = skip(pos + 1)
-    if pos < len(text):
-        raise ConfigurationError(
-            f"{line_of(pos)} is not a valid JSON array: text after its end"
-        )
-    return ids
-
-
-def gather_ids(
-    args: Sequence[str],
-    from_file: str | None,
-    read: Callable[[str], bytes],
-    is_file: Callable[[str], bool],
-) -> list[str]:
-    """The ids to poll, in order, once each: from ``args``, a file, and stdin.
-
-    ``-`` (as an argument or as ``from_file``) is standard input. Arguments
-    are ids or URLs (:func:`id_from`); files and standard input are read
-    with :func:`parse_ids`. The only I/O is through the two callables.
-
-    Args:
-        args: The command's arguments.
-        from_file: ``--from FILE``, if given.
-        read: The bytes of a file, or of standard input for ``-``
-            (:func:`read_input`).
-        is_file: Whether a path names an existing file (``os.path.isfile``),
-            to catch ``replipoll poll ids.txt`` for ``--from ids.txt``.
-
-    Example:
-        >>> files = {"ids.txt": b"b\\nhttps://replicate.com/p/c\\n", "-": b"a\\n"}
-        >>> gather_ids(["a", "-"], "ids.txt", files.__getitem__, files.__contains__)
-        ['a', 'b', 'c']
-
-    Raises:
-        ConfigurationError: an argument is not an id (or is a file); a file
-            holds something that is not an id, or is not UTF-8 text.
-        OSError: from ``read``.
-    """
-    ids: list[str] = []
-    for arg in args:
-        if arg == STDIN:
-            continue
-        if not _PLAIN_ID.fullmatch(arg) and is_file(arg):
-            raise ConfigurationError(
-                f"{arg} is a file, not a prediction id: did you mean --from FILE?"
-            )
-        try:
-            ids.append(id_from(arg.strip()))
-        except InvalidPredictionIdError as exc:
-            raise ConfigurationError(str(exc)) from None
-    if from_file is not None and from_file != STDIN:
-        ids.extend(parse_ids(decode_lines(read(from_file), from_file), from_file))
-    if STDIN in args or from_file == STDIN:
-        ids.extend(parse_ids(decode_lines(read(STDIN), STDIN_NAME), STDIN_NAME))
-    return list(dict.fromkeys(ids))
-
-
-def read_input(name: str) -> bytes:
-    """The bytes of the file ``name``, or of standard input for ``-``.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    if name == STDIN:
-        stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
-        if stream is None:  # a text-only replacement (an embedding program)
-            return sys.stdin.read().encode("utf-8", "surrogateescape")
-        return stream.read()
-    with open(name, "rb") as file:
-        return file.read()
+    name = type(error).__name__
+    status = getattr(error, "status", None)
+    if status is not None:
+        return f"{status} {name}"
+    if isinstance(error, TransportError):  # the message says what happened
+        message = error.message if len(error.message) < 80 else error.message[:79]
+        return f"{name}: {message}"
+    return name
 
 
 @attrs.define
@@ -377,24 +55,31 @@ class BatchRun:
     Attributes:
         ids: Every id asked for, in order, once each.
         done_before: Outcomes of ids already finished in the results file.
-        tally: Live status counts of the ids polled in this run.
+        tally: Live status counts of every id, earlier runs included.
         outcomes: Outcomes of ids finished in this run.
+        causes: What the errors of this run were, counted (see :func:`cause_of`).
         log: The results file, if any (else lines go to standard output).
         started: ``time.monotonic()`` at the start.
+        diagnosis: Why the whole batch failed, when its first answers said so;
+            the ids not finished then were not polled (nor recorded).
+        not_sent: Ids left unpolled because of :attr:`diagnosis`.
     """
 
     ids: list[str]
     done_before: dict[str, str] = attrs.Factory(dict)
     tally: Tally = attrs.field(init=False)
     outcomes: Counter[str] = attrs.Factory(Counter)
+    causes: Counter[str] = attrs.Factory(Counter)
     log: ResultLog | None = None
     started: float = attrs.Factory(time.monotonic)
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    diagnosis: Diagnosis | None = None
+    not_sent: int = 0
 
     def __attrs_post_init__(self) -> None:
-        self.tally = Tally(len(self.todo))
+        self.tally = Tally(len(self.todo), Counter(self.done_before.values()))
 
     @property
     def todo(self) -> list[str]:
@@ -413,7 +98,7 @@ class BatchRun:
         return outcomes["succeeded"] == len(self.ids) == outcomes.total()
 
     def summary_line(self, *, interrupted: bool = False) -> str:
-        """One line: how many ids ended how, and where the results are."""
+        """One line: how many ids ended how, why the errors, where the results are."""
         outcomes = self.all_outcomes
         parts = [f"{n} {k}" for k, n in outcomes.most_common()]
         left = len(self.ids) - outcomes.total()
@@ -422,22 +107,29 @@ class BatchRun:
         earlier = (
             f", {len(self.done_before)} from earlier runs" if self.done_before else ""
         )
+        causes = "; ".join(f"{k} x {n}" for k, n in self.causes.most_common(3))
+        why = f" [{causes}]" if causes else ""
         where = f"; results in {self.log.path}" if self.log is not None else ""
         verb = "interrupted after" if interrupted else "in"
         elapsed = time.monotonic() - self.started
         return (
-            f"{len(self.ids)} ids: {', '.join(parts) or 'nothing to do'}{earlier} "
-            f"({verb} {elapsed:.1f}s){where}"
+            f"{len(self.ids)} ids: {', '.join(parts) or 'nothing to do'}{earlier}"
+            f"{why} ({verb} {elapsed:.1f}s){where}"
         )
 
     def figures(self) -> dict[str, str]:
         """Counters for the summary table."""
-        return {
+        figures = {
             "requests sent": str(self.requests),
             "retries": str(self.retries),
             "429s honoured": str(self.throttled),
             "wall time": f"{time.monotonic() - self.started:.1f}s",
         }
+        if self.done_before:
+            figures["from earlier runs"] = f"{len(self.done_before)} (counted above)"
+        if self.not_sent:
+            figures["not polled (stopped)"] = str(self.not_sent)
+        return figures
 
 
 async def run_batch(
@@ -454,7 +146,12 @@ async def run_batch(
 
     With ``run.log`` each record is appended there (one write, then fsync, in
     a worker thread so polling goes on); otherwise it is printed to
-    ``stdout``. With a ``console`` a live progress bar is shown on it.
+    ``stdout``. With a ``console`` a live progress bar is shown on it. With
+    ``-v`` (the ``replipoll`` logger at INFO) each id's error is said as it
+    happens. A batch whose first
+    answers show it fails for one reason stops there (``run.diagnosis``):
+    the ids it did not finish are neither polled nor recorded, so a rerun
+    after the fix polls them.
     """
     ids = run.todo
     manager = PollManager(
@@ -463,14 +160,21 @@ async def run_batch(
         rate_limit=rate,
         timeout=timeout,
         on_update=run.tally.update,
+        stop_on_systemic=True,
     )
+
+    def paused() -> float:
+        return max(manager.budget.paused_until - time.monotonic(), 0.0)
+
     try:
         async with manager:
             if console is not None:
-                async with live_progress(console, run.tally, len(ids), "polling"):
-                    await _drain(run, manager, ids, stdout)
+                async with live_progress(
+                    console, run.tally, len(run.ids), "polling", paused=paused
+                ):
+                    await _drain(run, manager, ids, stdout, console)
             else:
-                await _drain(run, manager, ids, stdout)
+                await _drain(run, manager, ids, stdout, None)
     finally:
         stats = manager.stats
         run.requests, run.retries, run.throttled = (
@@ -478,20 +182,39 @@ async def run_batch(
             stats.retries,
             stats.throttled,
         )
+        run.diagnosis = manager.diagnosis
 
 
 async def _drain(
-    run: BatchRun, manager: PollManager, ids: list[str], stdout: IO[str] | None
+    run: BatchRun,
+    manager: PollManager,
+    ids: list[str],
+    stdout: IO[str] | None,
+    console: Console | None,
 ) -> None:
+    verbose = logging.getLogger("replipoll").isEnabledFor(logging.INFO)
     async for result in manager.as_completed(ids):
+        error = result.error
+        if isinstance(error, BatchStoppedError):
+            run.not_sent += 1  # not recorded: a rerun after the fix polls it
+            run.tally.finish_unsent(result.id)
+            continue
         outcome = run.tally.finish(result)
+        if error is not None:
+            run.causes[cause_of(error)] += 1
+            if verbose:
+                line = f"{result.id}: {error}"
+                if console is not None:  # above the progress bar
+                    console.print(plain(f"replipoll: {line}", "red"))
+                else:
+                    say(line)
         record: dict[str, Any] = record_for(result)
         if run.log is not None:
             await asyncio.to_thread(run.log.append, record)
         else:
             # Looked up each time: a progress bar swaps sys.stdout for a proxy.
             out = sys.stdout if stdout is None else stdout
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            out.write(dumps(record) + "\n")
             out.flush()
         run.outcomes[outcome] += 1
 
@@ -499,5 +222,7 @@ async def _drain(
 def print_summary(run: BatchRun, console: Console) -> None:
     """The end-of-run table, for a terminal."""
     console.print(
-        outcome_table("replipoll poll", dict(run.all_outcomes), run.figures())
+        outcome_table(
+            "replipoll poll", dict(run.all_outcomes), run.figures(), run.causes
+        )
     )

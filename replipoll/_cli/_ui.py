@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Final
 
 from rich.console import Console, RenderableType
@@ -23,6 +24,7 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -71,11 +73,17 @@ class Tally:
 
     Feed it :meth:`update` as ``PollManager(on_update=...)`` and :meth:`finish`
     with each :class:`~replipoll.PollResult`; :attr:`counts` is the live view.
+    Ids finished in an earlier run (``earlier``: their outcomes) count from
+    the start, so the view covers the whole batch.
     """
 
-    def __init__(self, ids: int) -> None:
+    def __init__(self, ids: int, earlier: Mapping[str, int] | None = None) -> None:
         self.counts: Counter[str] = Counter({"queued": ids})
-        self.finished = 0
+        self.counts.update(earlier or {})
+        #: Ids finished, earlier runs included.
+        self.finished = sum((earlier or {}).values())
+        #: Ids finished in earlier runs.
+        self.earlier = self.finished
         self._where: dict[str, str] = {}
 
     def _move(self, pid: str, to: str) -> None:
@@ -100,6 +108,10 @@ class Tally:
         self._where.pop(result.id, None)  # finished ids need no memory
         self.finished += 1
         return outcome
+
+    def finish_unsent(self, pid: str) -> None:
+        """An id the batch stopped before polling it: no longer queued."""
+        self.counts[self._where.pop(pid, "queued")] -= 1
 
     def snapshot(self) -> dict[str, int]:
         """Non-zero counts, in :data:`ORDER` (unknown statuses last)."""
@@ -154,31 +166,79 @@ def legend(counts: Mapping[str, int]) -> Text:
     for status, n in counts.items():
         if text:
             text.append("  ")
-        text.append(f"{status} {n}", style=STYLES.get(status, "white"))
+        text.append(f"{printable(status)} {n}", style=STYLES.get(status, "white"))
     return text
+
+
+class RateColumn(ProgressColumn):
+    """Ids finished per second (in this run), once there is a rate to show."""
+
+    def render(self, task: Task) -> Text:
+        """``4.2/s``, or nothing yet."""
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
+
+
+def pause_note(seconds: float) -> str:
+    """What the bar says during a ``Retry-After`` pause.
+
+    Example:
+        >>> pause_note(3.2)
+        'paused by the provider (Retry-After), resuming in 4s'
+    """
+    return f"paused by the provider (Retry-After), resuming in {math.ceil(seconds)}s"
 
 
 @contextlib.asynccontextmanager
 async def live_progress(
-    console: Console, tally: Tally, total: int, description: str
+    console: Console,
+    tally: Tally,
+    total: int,
+    description: str,
+    *,
+    paused: Callable[[], float] | None = None,
 ) -> AsyncIterator[None]:
-    """Show a status bar for ``tally`` on ``console`` while the block runs."""
+    """Show a status bar for ``tally`` on ``console`` while the block runs.
+
+    Args:
+        console: Where to draw (standard error).
+        tally: The counts; ids finished in earlier runs count as done, and
+            the description says how many there were.
+        total: Every id of the batch, earlier runs included.
+        description: What is going on (``"polling"``).
+        paused: Seconds until requests may go again (0: not paused); while
+            positive, the description becomes a countdown.
+    """
     progress = _TwoLineProgress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         StatusBarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
         TimeElapsedColumn(),
         console=console,
         refresh_per_second=REFRESH,
         transient=False,
     )
-    task = progress.add_task(description, total=total, counts={})
+    label = description
+    if tally.earlier:
+        label = f"{description} ({tally.earlier} done in earlier runs)"
+    task = progress.add_task(label, total=total, counts={}, completed=tally.earlier)
+    # The rate and the time left are this run's: start from what it found.
+    progress.reset(task, total=total, completed=tally.earlier, description=label)
 
     def draw() -> None:
         counts = tally.snapshot()
+        wait = paused() if paused is not None else 0.0
         progress.legend = legend(counts)
-        progress.update(task, completed=tally.finished, counts=counts)
+        progress.update(
+            task,
+            completed=tally.finished,
+            counts=counts,
+            description=pause_note(wait) if wait > 0 else label,
+        )
 
     async def tick() -> None:
         while True:
@@ -197,9 +257,12 @@ async def live_progress(
 
 
 def outcome_table(
-    title: str, counts: Mapping[str, int], figures: Mapping[str, str]
+    title: str,
+    counts: Mapping[str, int],
+    figures: Mapping[str, str],
+    causes: Mapping[str, int] | None = None,
 ) -> Table:
-    """The end-of-run summary: outcomes, then a few figures."""
+    """The end-of-run summary: outcomes, what the errors were, a few figures."""
     table = Table(title=title, show_header=False, title_justify="left", min_width=40)
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -207,7 +270,11 @@ def outcome_table(
     for status, n in counts.items():
         percent = 100 * n / total
         share = f"{n} (<1%)" if 0 < percent < 1 else f"{n} ({percent:.0f}%)"
-        table.add_row(Text(status, style=STYLES.get(status, "white")), share)
+        table.add_row(plain(status, STYLES.get(status, "white")), share)
+    if causes:
+        table.add_section()
+        for cause, n in causes.items():
+            table.add_row(plain(f"error: {cause}", "red"), f"x {n}")
     table.add_section()
     for name, value in figures.items():
         table.add_row(name, value)
