@@ -23,6 +23,7 @@ from ._errors import (
     HTTPStatusError,
     MissingAPIKeyError,
     PollTimeout,
+    RequestError,
     RequestTimeoutError,
 )
 from ._models import Prediction
@@ -245,8 +246,21 @@ class Client:
                 the failure was worth retrying (``attempts`` says how many).
         """
         request = ApiRequest.for_prediction("GET", prediction_id)
+        retry = self._retry
+        if retry.timeout is not None:
+            attempt = functools.partial(self._attempt, request)
+            return await call_with_retries(attempt, retry, what=prediction_id)
+        # The first attempt straight away: a call that succeeds pays for no
+        # retry machinery (this is the hot path of a single GET).
+        try:
+            return await self._attempt(request, None)
+        except RequestError as exc:
+            failed = exc
         return await call_with_retries(
-            functools.partial(self._attempt, request), self._retry, what=prediction_id
+            functools.partial(self._attempt, request),
+            retry,
+            what=prediction_id,
+            failed=failed,
         )
 
     async def cancel(self, prediction_id: str) -> Prediction:

@@ -34,6 +34,7 @@ from ._errors import DecodeError
 
 __all__ = [
     "FieldError",
+    "decode_error",
     "error_value",
     "identifier",
     "make_converter",
@@ -318,7 +319,7 @@ def _record_hook(
                 extra[key] = value
             elif value is not None:
                 try:
-                    kwargs[key] = result = hook(value, None)
+                    kwargs[key] = hook(value, None)
                 except (FieldError, *_MISFITS) as exc:
                     if key in required:
                         deep = isinstance(exc, RecursionError)
@@ -327,12 +328,13 @@ def _record_hook(
                     if invalid is None:
                         invalid = {}
                     invalid[key] = value
-                    continue
-                if key in holds_record and result.invalid:
-                    if invalid is None:
-                        invalid = {}
-                    for inner, bad in result.invalid.items():
-                        invalid[f"{key}.{inner}"] = bad
+        for key in holds_record:  # what did not fit inside, under dotted names
+            inner = kwargs.get(key)
+            if inner is not None and inner.invalid:
+                if invalid is None:
+                    invalid = {}
+                for name, bad in inner.invalid.items():
+                    invalid[f"{key}.{name}"] = bad
         if extra:
             kwargs["extra"] = extra
         if invalid and "invalid" in has:
@@ -380,8 +382,7 @@ def structure(
     """Run a record's structure ``hook`` (from :func:`make_converter`) on ``data``.
 
     The keyword arguments describe the answer the data came from; they are
-    carried by the error. ``redact`` cleans the error's message (which may
-    quote the server's words) before it is shortened.
+    carried by the error (see :func:`decode_error`).
 
     Raises:
         DecodeError: a required field is missing or unusable; ``field``
@@ -393,13 +394,38 @@ def structure(
         failure = exc
     # Raised here, not in the handler: the FieldError would stay attached
     # as __context__, and its text may quote the body.
+    raise decode_error(
+        failure,
+        status=status,
+        request_id=request_id,
+        url=url,
+        method=method,
+        redact=redact,
+    )
+
+
+def decode_error(
+    failure: FieldError,
+    *,
+    status: int | None = None,
+    request_id: str | None = None,
+    url: str = "",
+    method: str = "GET",
+    redact: Callable[[str], str] | None = None,
+) -> DecodeError:
+    """The :class:`DecodeError` for a record's required field that failed.
+
+    ``redact`` cleans the message (which may quote the server's words)
+    before it is shortened. Raise it outside the handler that caught
+    ``failure``, whose text may quote the body.
+    """
     where = f"field {failure.field!r}" if failure.field else "body"
     message = f"not a prediction: {where}: {failure}"
     if redact is not None:
         message = redact(message)
     if len(message) > _MAX_MESSAGE:
         message = message[: _MAX_MESSAGE - 1] + "…"
-    raise DecodeError(
+    return DecodeError(
         message,
         field=failure.field,
         status=status,

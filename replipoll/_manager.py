@@ -34,7 +34,7 @@ from ._errors import (
     RateLimitedError,
     RequestError,
 )
-from ._models import Prediction
+from ._models import Prediction, Status
 from ._options import (
     check_at_least,
     check_callable,
@@ -224,6 +224,8 @@ class PollManager:
         self._cancels: set[asyncio.Task[None]] = set()
         self._watch = SystemicWatch(client.base_url, key=client._key_env)
         self._diagnosis: Diagnosis | None = None
+        # True until a record arrives or a diagnosis is made (read per request).
+        self._judging = True
         self._finished = self._errors = self._in_flight = self._peak = 0
         self._submitted = 0
         self._requests = self._retries = self._throttled = 0
@@ -583,7 +585,8 @@ class PollManager:
         if not self._is_current(track):
             return  # cancelled locally while the request ran: drop the answer
         track.retrying = None
-        if not self._watch.healthy:
+        if self._judging:  # the first record: the batch as a whole works
+            self._judging = False
             self._watch.answered()
         if self._observe(track, prediction):
             await self._notify(prediction)
@@ -598,7 +601,7 @@ class PollManager:
     ) -> None:
         if isinstance(exc, RateLimitedError):
             self._throttled += 1
-        elif not self._watch.healthy and self._diagnosis is None:
+        elif self._judging:
             diagnosis = self._watch.failed(track.id, exc, tracked=self._submitted)
             if diagnosis is not None:
                 self._diagnose(diagnosis)
@@ -617,6 +620,7 @@ class PollManager:
     def _diagnose(self, diagnosis: Diagnosis) -> None:
         """The batch fails for one reason: say it once; stop if asked."""
         self._diagnosis = diagnosis
+        self._judging = False
         logger.warning(
             "%s (judged from %d ids)%s",
             diagnosis.message,
@@ -670,7 +674,9 @@ class PollManager:
     def _observe(self, track: _Track, prediction: Prediction) -> bool:
         """Record ``prediction`` as the latest; return True if its status changed."""
         track.last = prediction
-        name = self._tally.name(prediction)
+        status = prediction.status
+        # (A documented status is its own name: no call on the hot path.)
+        name = status.value if type(status) is Status else self._tally.name(prediction)
         if name == track.counted:
             return False
         self._tally.move(track.counted, name)

@@ -28,6 +28,7 @@ __all__ = [
     "PredictionUrls",
     "Status",
     "converter",
+    "prediction_hook",
     "structure_prediction",
 ]
 
@@ -222,7 +223,7 @@ class Prediction:
         ``Prediction.from_json(p.to_json()) == p``.
         """
         raw = self.raw
-        if raw and _structure_prediction(raw, None) == self:
+        if raw and prediction_hook(raw, None) == self:
             return dict(raw)
         return converter.unstructure(self)  # type: ignore[no-any-return]
 
@@ -233,7 +234,9 @@ converter: Final[cattrs.Converter] = make_converter(
     statuses=Status,
     field_hooks={Prediction: {"id": identifier, "error": error_value}},
 )
-_structure_prediction: Final[Callable[[object, object], Prediction]] = (
+#: The converter's hook for a prediction: ``prediction_hook(data, None)``
+#: raises :class:`~replipoll._decode.FieldError` (see :func:`structure_prediction`).
+prediction_hook: Final[Callable[[object, object], Prediction]] = (
     converter.get_structure_hook(Prediction)
 )
 
@@ -248,4 +251,4 @@ def structure_prediction(data: object, **answer: Any) -> Prediction:
     Raises:
         DecodeError: with ``field`` set to the dotted path that failed.
     """
-    return structure(_structure_prediction, data, **answer)
+    return structure(prediction_hook, data, **answer)

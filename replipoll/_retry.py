@@ -232,6 +232,7 @@ async def call_with_retries(
     policy: RetryPolicy,
     *,
     what: str = "",
+    failed: RequestError | None = None,
 ) -> T:
     """Await ``attempt(within)`` until it succeeds or ``policy`` gives up.
 
@@ -240,25 +241,33 @@ async def call_with_retries(
     it (the transport cuts a request short there). Only
     :class:`~replipoll.RequestError` is retried; the first attempt runs
     before any retry state exists, so a call that succeeds pays nothing for
-    the machinery.
+    the machinery. A caller that made the first attempt itself (without a
+    timeout) passes its error as ``failed``: the loop goes on from there.
 
     Raises:
         RequestError: the last attempt's error, its ``attempts`` set.
     """
-    started = time.monotonic()
-    deadline = None if policy.timeout is None else started + policy.timeout
+    timeout = policy.timeout
+    if timeout is None:  # the common case: no clock needed to start
+        started, deadline = 0.0, None
+    else:
+        started = time.monotonic()
+        deadline = started + timeout
     retrying: Retrying | None = None
+    error = failed
     while True:
-        try:
-            within = None if deadline is None else deadline - time.monotonic()
-            return await attempt(within)
-        except RequestError as exc:
-            error = exc
+        if error is None:
+            try:
+                within = None if deadline is None else deadline - time.monotonic()
+                return await attempt(within)
+            except RequestError as exc:
+                error = exc
         # Decided and raised outside the handler: nothing keeps a chain of
         # every failed attempt (or what aiohttp attached to it) alive.
         if retrying is None:
-            retrying = policy.start(started)
+            retrying = policy.start(started)  # (0.0 without a timeout: unused)
         wait = retrying.next_wait(error, time.monotonic(), what=what)
         if wait is None:
             raise error
+        error = None
         await asyncio.sleep(wait)

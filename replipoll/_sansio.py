@@ -27,6 +27,7 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._decode import FieldError, decode_error
 from ._errors import (
     AuthenticationError,
     BadRequestError,
@@ -41,7 +42,7 @@ from ._errors import (
     RateLimitedError,
     ServerError,
 )
-from ._models import Prediction, structure_prediction
+from ._models import Prediction, prediction_hook
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -215,7 +216,10 @@ class ApiRequest(NamedTuple):
         if action not in _ACTIONS:
             raise ValueError(f"unknown action {action!r}")
         pid = validate_prediction_id(prediction_id)
-        path = f"predictions/{quote(pid, safe='')}"
+        if pid.isascii() and pid.replace("-", "").replace("_", "").isalnum():
+            path = f"predictions/{pid}"  # nothing to escape (the usual id)
+        else:
+            path = f"predictions/{quote(pid, safe='')}"
         return cls(method, f"{path}/{action}" if action else path, pid)
 
 
@@ -600,19 +604,21 @@ def decode_prediction(
     """
     if data is _UNPARSED:
         data = parse_json(body)
-    if data is NOT_JSON or (isinstance(data, dict) and _gateway_error(data)):
+    if data is NOT_JSON or (
+        type(data) is dict
+        and not ("id" in data and "status" in data)  # a record: no envelope
+        and _gateway_error(data)
+    ):
         # Raised outside any handler: json's error would stay attached as
         # __context__, holding the whole body (which may echo the request).
         raise _not_a_prediction(status, headers, body, data, method, url, redact)
     try:
-        record = structure_prediction(
-            data, status=status, url=url, method=method, redact=redact
-        )
-    except DecodeError as error:
-        # (The request id is looked up only when it is needed.)
-        error.request_id = request_id_from(headers, redact=redact)
-        raise
-    if expected_id is not None and record.id != expected_id:
+        record = prediction_hook(data, None)
+    except FieldError as exc:
+        failure = exc
+    else:
+        if expected_id is None or record.id == expected_id:
+            return record
         raise MismatchedIdError(
             f"the answer is another prediction's: "
             f"{_shorten(redact(repr(record.id)))}, not {expected_id!r}",
@@ -623,7 +629,16 @@ def decode_prediction(
             method=method,
             url=url,
         )
-    return record
+    # Raised outside the handler: the FieldError's text may quote the body.
+    # (The request id is looked up only when it is needed.)
+    raise decode_error(
+        failure,
+        status=status,
+        request_id=request_id_from(headers, redact=redact),
+        url=url,
+        method=method,
+        redact=redact,
+    )
 
 
 def _not_a_prediction(

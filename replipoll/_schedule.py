@@ -165,7 +165,11 @@ class RateBudget:
 
         Returns False, and takes nothing, otherwise: then :meth:`acquire`.
         """
-        if self._waiters or self._woken or self.next_free(now):
+        if self._waiters or self._woken:
+            return False
+        if self.rate is None and now - self._paused_until >= self.RAMP:
+            return True  # no limit, no pause, no ramp: nothing to take
+        if self.next_free(now):
             return False
         self._take(now)
         return True
