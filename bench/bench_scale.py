@@ -47,7 +47,11 @@ from _common import (
 
 
 def _stub_client() -> Any:
-    """A Client that answers "processing" without sending anything."""
+    """A Client that answers "processing" without sending anything.
+
+    It replaces the one private method the manager polls through (the
+    manager alone is measured: one shared record, no socket).
+    """
     import replipoll
 
     record = replipoll.Prediction.from_json({"id": "x", "status": "processing"})
@@ -55,9 +59,7 @@ def _stub_client() -> Any:
     class StubClient(replipoll.Client):
         __slots__ = ()
 
-        async def send(
-            self, method: str, url: str, budget: replipoll.RateBudget
-        ) -> replipoll.Prediction:
+        async def _exchange(self, *_: Any) -> replipoll.Prediction:
             await asyncio.sleep(0)
             return record
 

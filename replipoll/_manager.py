@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 from ._client import DEFAULT_TIMEOUT, Client
 from ._errors import (
@@ -87,6 +87,27 @@ class _Track:
         self.last: Prediction | None = None
         # The name this id is counted under in the status tally.
         self.counted = "unknown"
+
+
+class _Pending(asyncio.Future[Prediction]):
+    """The shared future of a tracked id.
+
+    Cancelling it (an awaiter's ``wait_for`` timing out, ``future.cancel()``)
+    stops tracking the id at once: no more polls, no more counting. A method
+    of its own rather than a done callback: a callback per id would cost
+    hundreds of bytes of every tracked id.
+    """
+
+    __slots__ = ("_manager", "_track")
+    _manager: PollManager
+    _track: _Track
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        """Cancel the future; the manager stops polling its id."""
+        cancelled = super().cancel(msg)
+        if cancelled:
+            self._manager._cancelled(self._track)
+        return cancelled
 
 
 def _report(
@@ -311,15 +332,14 @@ class PollManager:
         if track is not None:
             if not track.future.done():
                 return track.future
-            # Cancelled a moment ago; its done callback has yet to run.
-            self._stop_tracking(track)
+            self._stop_tracking(track)  # (not reached: cancel() forgets it)
         queue = self._start()
         assert self._loop is not None
         now = self._loop.time()
         deadline = now + self.timeout if self.timeout is not None else math.inf
-        future: asyncio.Future[Prediction] = self._loop.create_future()
+        future = _Pending(loop=self._loop)
         track = _Track(request, future, now, deadline)
-        future.add_done_callback(functools.partial(self._settled, track))
+        future._manager, future._track = self, track
         self._tracks[track.id] = track
         if deadline < math.inf:
             self._deadlines.push(track.id, deadline)
@@ -384,8 +404,7 @@ class PollManager:
         if not remote:
             track = self._tracks.get(prediction_id)
             if track is not None:
-                self._stop_tracking(track)
-                track.future.cancel()
+                track.future.cancel()  # which stops tracking it
             return None
         prediction = await self.client.cancel(prediction_id)
         track = self._tracks.get(prediction_id)
@@ -450,19 +469,10 @@ class PollManager:
             return PollResult(pid, future.result())
         return PollResult(pid, self._last_seen.get(future), error)
 
-    def _settled(self, track: _Track, future: asyncio.Future[Prediction]) -> None:
-        """The future of ``track`` is done, whoever did it."""
-        if future.cancelled():
-            # An awaiter cancelled the shared future (asyncio.wait_for does
-            # on timeout): stop polling the id and stop counting it;
-            # submitting it again starts afresh.
-            if self._is_current(track):
-                self._stop_tracking(track)
-        else:
-            # The error also reaches every awaiter; this only stops asyncio
-            # from logging "exception was never retrieved" for futures that
-            # nobody awaits.
-            future.exception()
+    def _cancelled(self, track: _Track) -> None:
+        """The future of ``track`` was cancelled (by an awaiter, or cancel())."""
+        if self._is_current(track):
+            self._stop_tracking(track)
 
     def _schedule(self, track: _Track, due: float) -> None:
         if self.coalesce:
@@ -518,7 +528,7 @@ class PollManager:
                 return
             track = self._tracks.get(pid)
             if track is None or track.future.done():
-                continue  # (a cancelled one is forgotten by its callback)
+                continue
             try:
                 await self._poll(track, loop)
             except Exception as exc:
@@ -717,10 +727,14 @@ class PollManager:
             self._forget(track)
             self._finished += 1
             self._errors += 1
-            if not track.future.done():
+            future = track.future
+            if not future.done():
                 if track.last is not None:
-                    self._last_seen[track.future] = track.last
-                track.future.set_exception(error)
+                    self._last_seen[future] = track.last
+                future.set_exception(error)
+                # Retrieved: the error reaches every awaiter, and asyncio
+                # need not log it for a future that nobody awaits.
+                future.exception()
 
 
 def _say_undocumented(name: str, prediction_id: str) -> None:
