@@ -158,6 +158,217 @@ async def steady(
     }
 
 
+#: A running prediction as Replicate serves it (about 1.1 KB of JSON).
+RUNNING_RECORD: dict[str, Any] = {
+    "id": "",
+    "model": "black-forest-labs/flux-schnell",
+    "version": "f2ab8a5bfe79f02f0789a146cf5e73d2a4ff2684a98c2b303d1e1ff3814271db",
+    "input": {
+        "prompt": "a watercolour painting of a lighthouse on a cliff at dawn, "
+        "gulls over the sea, soft light",
+        "num_outputs": 1,
+        "aspect_ratio": "1:1",
+        "output_format": "webp",
+        "output_quality": 80,
+    },
+    "logs": "Using seed: 40442\nrunning quantized prediction\n"
+    "  0%|          | 0/4 [00:00<?, ?it/s]\n"
+    " 50%|#####     | 2/4 [00:00<00:00,  5.31it/s]\n",
+    "output": None,
+    "data_removed": False,
+    "error": None,
+    "status": "processing",
+    "created_at": "2026-11-27T10:31:02.412000Z",
+    "started_at": "2026-11-27T10:31:03.158932Z",
+    "urls": {
+        "cancel": "https://api.replicate.com/v1/predictions/{id}/cancel",
+        "get": "https://api.replicate.com/v1/predictions/{id}",
+        "stream": "https://stream.replicate.com/v1/files/bcwr-3okdfv3o2wehstv5f2okyftwxy57hhypqsi6osiim5iaq5yebb6a",
+        "web": "https://replicate.com/p/{id}",
+    },
+    "metrics": {},
+}
+
+
+def _decoding_stub_client() -> Any:
+    """A Client that answers each poll with a fresh running record, decoded.
+
+    Like :func:`_stub_client`, nothing is sent; but every answer is a new
+    record of its id, parsed and structured as a real one is, so the
+    manager's memory and the garbage collector see what a real batch makes.
+    """
+    import json
+
+    import replipoll
+
+    body = json.dumps(RUNNING_RECORD)
+
+    class DecodingStubClient(replipoll.Client):
+        __slots__ = ()
+
+        async def _exchange(self, request: Any, *_: Any) -> replipoll.Prediction:
+            await asyncio.sleep(0)
+            pid = request.prediction_id
+            return replipoll.Prediction.from_json(
+                json.loads(body.replace('"id": ""', f'"id": "{pid}"'))
+            )
+
+    return DecodingStubClient(base_url="http://127.0.0.1:9/v1", api_key="stub")
+
+
+async def million(
+    n: int, rate: float, window: float, *, freeze: bool
+) -> dict[str, Any]:
+    """``n`` running ids in one process: peak RSS, loop stalls, CPU/request.
+
+    The whole process is measured (the caller's ids and futures included).
+    Every id is polled at once when submitted, then every ``0.5 * n / rate``
+    seconds, so the budget paces every round at ``rate``; CPU per request
+    is read over ``window`` seconds after the first round. With ``freeze``,
+    the submitting code follows the recipe of docs/performance.md: the
+    collector off while the ids go in, then ``gc.freeze()``.
+    """
+    import resource
+
+    import replipoll
+
+    client = _decoding_stub_client()
+    ids = make_ids(n)
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    stalls: list[tuple[float, float]] = []  # (when, how long), over 50 ms
+    pauses: list[float] = []
+    began = 0.0
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        nonlocal began
+        if info["generation"] == 2:
+            if phase == "start":
+                began = time.perf_counter()
+            else:
+                pauses.append(time.perf_counter() - began)
+
+    async def watch() -> None:
+        """The longest time the loop took to come back to a 5 ms sleep."""
+        nonlocal worst
+        while True:
+            start = loop.time()
+            await asyncio.sleep(0.005)
+            late = loop.time() - start - 0.005
+            worst = max(worst, late)
+            if late > 0.05:
+                stalls.append((start - began_at, late))
+
+    began_at = loop.time()
+    answered = asyncio.Event()
+    first_answers = 0
+
+    def first_answer(_: replipoll.Prediction) -> None:
+        # Called once per id: its status changes from "unknown" to "processing".
+        nonlocal first_answers
+        first_answers += 1
+        if first_answers >= n:
+            answered.set()
+
+    gc.callbacks.append(on_gc)
+    watcher = asyncio.create_task(watch())
+    policy = replipoll.PollPolicy.fixed(0.5 * n / rate)
+    async with (
+        client,
+        replipoll.PollManager(
+            client,
+            rate_limit=rate,
+            burst=10,
+            policy=policy,
+            timeout=None,
+            keep_last=False,
+            on_update=first_answer,
+        ) as manager,
+    ):
+        futures = []
+        if freeze:
+            gc.disable()
+        for start in range(0, n, 2048):  # a turn of the loop for every 2,048
+            futures.extend(manager.submit(pid) for pid in ids[start : start + 2048])
+            await asyncio.sleep(0)
+        submit_ends = loop.time() - began_at
+        if freeze:
+            gc.freeze()
+            gc.enable()
+        submitted = len(pauses)
+        await answered.wait()  # every id's first poll
+        await asyncio.sleep(min(2.0, window / 2))
+        requests, start, wall = manager.stats.requests, cpu(), time.perf_counter()
+        await asyncio.sleep(window)
+        used, wall = cpu() - start, time.perf_counter() - wall
+        requests = manager.stats.requests - requests
+        tracked = manager.stats.tracked
+    watcher.cancel()
+    gc.callbacks.remove(on_gc)
+    return {
+        "ids": n,
+        "tracked": tracked,
+        "requests": requests,
+        "rate": requests / wall,
+        "us_per_request": used / requests * 1e6,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worst_stall_ms": worst * 1e3,
+        "submit_seconds": submit_ends,
+        "stalls_over_50ms": [(round(t, 1), round(d * 1e3)) for t, d in stalls][:40],
+        "gc_freeze": freeze,
+        "full_collections": len(pauses),
+        "full_collections_after_submit": len(pauses) - submitted,
+        "longest_collection_ms": max(pauses, default=0.0) * 1e3,
+    }
+
+
+MILLION_RATE = 20_000.0
+
+
+def million_runs(rounds: int, n: int = 1_000_000) -> dict[str, Any]:
+    """``n`` ids with the collector recipe, ``rounds`` times; once without it.
+
+    The same child at 10,000 ids (same rate, same records) gives the CPU
+    per request to compare with.
+    """
+    rate, window = str(MILLION_RATE), "8"
+    small = [
+        run_child("bench_scale.py", "million", "10000", rate, window, "0")
+        for _ in range(rounds)
+    ]
+    big = [
+        run_child("bench_scale.py", "million", str(n), rate, window, "1")
+        for _ in range(rounds)
+    ]
+    plain = run_child("bench_scale.py", "million", str(n), rate, window, "0")
+    base = median([r["us_per_request"] for r in small])
+
+    def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            key: round(median([r[key] for r in runs]), 1)
+            for key in (
+                "us_per_request",
+                "peak_rss_mib",
+                "worst_stall_ms",
+                "longest_collection_ms",
+            )
+        } | {
+            "samples_us": [round(r["us_per_request"], 1) for r in runs],
+            "samples_rss_mib": [round(r["peak_rss_mib"]) for r in runs],
+            "samples_stall_ms": [round(r["worst_stall_ms"]) for r in runs],
+            "x_10k": round(median([r["us_per_request"] for r in runs]) / base, 2),
+        }
+
+    return {
+        "ids": n,
+        "rate": MILLION_RATE,
+        "rounds": rounds,
+        "ten_thousand": summary(small),
+        "recipe": summary(big),
+        "plain": summary([plain]),
+    }
+
+
 def run(*, quick: bool = False, real: bool | None = None) -> dict[str, Any]:
     """Memory at each size; CPU per request vs size, stub and (full) real."""
     sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
@@ -205,6 +416,8 @@ def run(*, quick: bool = False, real: bool | None = None) -> dict[str, Any]:
                 for n in sizes
             ]
         result["real_rate"] = real_rate
+    if not quick:
+        result["million"] = million_runs(rounds)
     for key in ("stub", "real"):
         if key in result:
             first = result[key][0]["us_per_request"]
@@ -221,6 +434,23 @@ def report(result: dict[str, Any]) -> None:
             f"  {row['ids']:>7} ids: queued {row['queued_bytes_per_id']:.0f} B/id, "
             f"scheduled {row['scheduled_bytes_per_id']:.0f} B/id"
         )
+    if "million" in result:
+        m = result["million"]
+        print(
+            f"{m['ids']:,} running ids in one process ({m['rate']:g} requests/s, "
+            f"records decoded, keep_last=False; median of {m['rounds']}):"
+        )
+        for key, label in (
+            ("ten_thousand", "10,000 ids"),
+            ("recipe", "with gc.freeze() recipe"),
+            ("plain", "without it (1 run)"),
+        ):
+            row = m[key]
+            print(
+                f"  {label:>24}: {row['us_per_request']:.1f} us/request "
+                f"({row['x_10k']}x 10k), peak RSS {row['peak_rss_mib']:.0f} MiB, "
+                f"worst stall {row['worst_stall_ms']:.0f} ms"
+            )
     for key, label in (("stub", "stub client"), ("real", "fake server")):
         if key not in result:
             continue
@@ -242,6 +472,14 @@ def main() -> None:
         part, n, *rest = args.child
         if part == "memory":
             emit(asyncio.run(memory(int(n))))
+            return
+        if part == "million":
+            rate, window, freeze = rest
+            emit(
+                asyncio.run(
+                    million(int(n), float(rate), float(window), freeze=freeze == "1")
+                )
+            )
             return
         rate, window, *server = rest
         if server:

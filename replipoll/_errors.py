@@ -372,19 +372,29 @@ class PollTimeout(ReplipollError):
     Attributes:
         prediction_id: The prediction that timed out.
         timeout: The deadline, in seconds from when polling started.
-        last: The last record seen for it, or ``None`` if none arrived.
+        last: The last record seen for it, or ``None`` if none arrived (or
+            the :class:`~replipoll.PollManager` kept none: ``keep_last``).
+        status: The last status seen, as a string (``"never seen"`` if
+            none), whether or not the record was kept.
     """
 
     def __init__(
-        self, prediction_id: str, timeout: float, last: Prediction | None
+        self,
+        prediction_id: str,
+        timeout: float,
+        last: Prediction | None,
+        *,
+        status: str | None = None,
     ) -> None:
         self.prediction_id = prediction_id
         self.timeout = timeout
         self.last = last
-        status = last.status if last is not None else "never seen"
+        if last is not None:
+            status = str(last.status)
+        self.status = status if status is not None else "never seen"
         super().__init__(
             f"prediction {prediction_id} not terminal after {timeout:g}s "
-            f"(last status: {status})"
+            f"(last status: {self.status})"
         )
 
 

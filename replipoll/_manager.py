@@ -20,7 +20,6 @@ import inspect
 import logging
 import math
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, Self
@@ -57,65 +56,81 @@ UpdateCallback = Callable[[Prediction], Awaitable[None] | None]
 #: (``cancel_on_timeout``); it runs beside the manager, not in the id's time.
 CANCEL_DEADLINE: Final = 10.0
 
+#: Ids handled per turn of the event loop in bulk work (submitting a batch,
+#: ending ids whose polls or deadlines fall due together): a million ids must
+#: not stall the loop for seconds.
+_CHUNK: Final = 2048
 
-class _Track:
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+async def _all_done(futures: Iterable[asyncio.Future[Prediction]]) -> None:
+    """Wait until every future is done.
+
+    Like ``asyncio.wait`` without its per-future cleanup, which for a
+    million futures is one long stall of the loop.
+    """
+    pending = 0
+    finished = asyncio.get_running_loop().create_future()
+
+    def one_done(_: object) -> None:
+        nonlocal pending
+        pending -= 1
+        if pending == 0 and not finished.done():
+            finished.set_result(None)
+
+    for future in futures:  # (one listed twice is counted twice)
+        if not future.done():
+            pending += 1
+            future.add_done_callback(one_done)
+    if pending:
+        await finished
+
+
+class _Track(asyncio.Future[Prediction]):
+    """A tracked id: the future its awaiters share, and what polling needs.
+
+    One object per id, the future and the bookkeeping together: at a million
+    tracked ids every object counts, in bytes and in the garbage collector's
+    work. Cancelling it (an awaiter's ``wait_for`` timing out,
+    ``future.cancel()``) stops tracking the id at once: no more polls, no
+    more counting.
+    """
+
     __slots__ = (
         "counted",
         "deadline",
-        "future",
         "id",
         "last",
+        "manager",
         "request",
         "retrying",
         "started",
     )
-
-    def __init__(
-        self,
-        request: ApiRequest,
-        future: asyncio.Future[Prediction],
-        now: float,
-        deadline: float,
-    ) -> None:
-        self.id = request.prediction_id
-        self.request = request
-        self.future = future
-        self.started = now
-        self.deadline = deadline
-        # The retry state of a run of failed requests; None after a success.
-        self.retrying: Retrying | None = None
-        self.last: Prediction | None = None
-        # The name this id is counted under in the status tally.
-        self.counted = "unknown"
-
-
-class _Pending(asyncio.Future[Prediction]):
-    """The shared future of a tracked id.
-
-    Cancelling it (an awaiter's ``wait_for`` timing out, ``future.cancel()``)
-    stops tracking the id at once: no more polls, no more counting. A method
-    of its own rather than a done callback: a callback per id would cost
-    hundreds of bytes of every tracked id.
-    """
-
-    __slots__ = ("_manager", "_track")
-    _manager: PollManager
-    _track: _Track
+    id: str
+    #: None for the usual ``GET predictions/{id}``, built when sent.
+    request: ApiRequest | None
+    started: float
+    deadline: float
+    #: The retry state of a run of failed requests; None after a success.
+    retrying: Retrying | None
+    #: The latest record (``keep_last``); after an error, the last one seen.
+    last: Prediction | None
+    #: The name this id is counted under in the status tally.
+    counted: str
+    #: Told when the future is cancelled; None once the id has ended.
+    manager: PollManager | None
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the future; the manager stops polling its id."""
         cancelled = super().cancel(msg)
-        if cancelled:
-            self._manager._cancelled(self._track)
+        manager = self.manager
+        if cancelled and manager is not None:
+            manager._cancelled(self)
         return cancelled
-
-
-def _report(
-    queue: asyncio.Queue[tuple[str, asyncio.Future[Prediction]]],
-    pid: str,
-    future: asyncio.Future[Prediction],
-) -> None:
-    queue.put_nowait((pid, future))
 
 
 class PollManager:
@@ -152,6 +167,14 @@ class PollManager:
             (and every id submitted later), instead of spending a request
             and its retries on each. The judgement is made and logged either
             way.
+        keep_last: Keep each running id's latest record, so that an id
+            ending in an error still shows where it was
+            (:attr:`PollTimeout.last <replipoll.PollTimeout>`,
+            :attr:`PollResult.prediction`). A record takes 1-2 KB; for
+            hundreds of thousands of ids at once, ``False`` keeps only the
+            status name (the error message still gives it): see
+            :doc:`/performance`. A finished id's record is never kept: it
+            goes to the id's future.
 
     Use it as ``async with``; on exit every poll still running is stopped and
     awaited, and every unfinished id ends with
@@ -190,6 +213,7 @@ class PollManager:
         cancel_on_timeout: bool = False,
         coalesce: float = 0.05,
         stop_on_systemic: bool = False,
+        keep_last: bool = True,
     ) -> None:
         owner = "PollManager"
         if not isinstance(client, Client):
@@ -226,6 +250,7 @@ class PollManager:
         self.cancel_on_timeout = cancel_on_timeout
         self.coalesce = coalesce
         self.stop_on_systemic = stop_on_systemic
+        self.keep_last = keep_last
         self._tracks: dict[str, _Track] = {}
         self._polls = TimerQueue()
         # Deadlines are a queue of their own, so that they pass on time
@@ -238,10 +263,6 @@ class PollManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._tally = StatusTally(redact=client._redact, say=_say_undocumented)
-        # The last record of each id that ended in an error, for its PollResult.
-        self._last_seen: weakref.WeakKeyDictionary[
-            asyncio.Future[Prediction], Prediction
-        ] = weakref.WeakKeyDictionary()
         self._cancels: set[asyncio.Task[None]] = set()
         self._watch = SystemicWatch(client.base_url, key=client._key_env)
         self._diagnosis: Diagnosis | None = None
@@ -304,8 +325,15 @@ class PollManager:
                 self._queue.put_nowait(None)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        for track in list(self._tracks.values()):
-            self._fail(track, ManagerClosedError(track.id))
+        tracks = list(self._tracks.values())
+        try:
+            for start in range(_CHUNK, len(tracks), _CHUNK):
+                for track in tracks[start - _CHUNK : start]:
+                    self._fail(track, ManagerClosedError(track.id))
+                await asyncio.sleep(0)  # a million ids: no long stall of the loop
+        finally:  # the rest (all of them, if this was cancelled meanwhile)
+            for track in list(self._tracks.values()):
+                self._fail(track, ManagerClosedError(track.id))
         self._polls = TimerQueue()
         self._deadlines = TimerQueue()
 
@@ -328,27 +356,36 @@ class PollManager:
             stopped.set_exception(BatchStoppedError(prediction_id, self._diagnosis))
             stopped.exception()  # retrieved: whoever awaits it gets it too
             return stopped
-        track = self._tracks.get(request.prediction_id)
+        pid = request.prediction_id
+        track = self._tracks.get(pid)
         if track is not None:
-            if not track.future.done():
-                return track.future
+            if not track.done():
+                return track
             self._stop_tracking(track)  # (not reached: cancel() forgets it)
         queue = self._start()
-        assert self._loop is not None
-        now = self._loop.time()
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
         deadline = now + self.timeout if self.timeout is not None else math.inf
-        future = _Pending(loop=self._loop)
-        track = _Track(request, future, now, deadline)
-        future._manager, future._track = self, track
-        self._tracks[track.id] = track
+        track = _Track(loop=loop)
+        track.id = pid
+        # The usual path is rebuilt per request rather than kept per id.
+        track.request = None if request.path == f"predictions/{pid}" else request
+        track.started = now
+        track.deadline = deadline
+        track.retrying = None
+        track.last = None
+        track.counted = "unknown"
+        track.manager = self
+        self._tracks[pid] = track
         if deadline < math.inf:
-            self._deadlines.push(track.id, deadline)
+            self._deadlines.push(pid, deadline)
             if deadline < self._timer_at:
                 self._arm(deadline)
-        self._tally.count(track.counted)
+        self._tally.count("unknown")
         self._submitted += 1
-        queue.put_nowait(track.id)
-        return future
+        queue.put_nowait(pid)
+        return track
 
     async def wait(self, prediction_id: str) -> Prediction:
         """Submit an id (or join its poll) and wait for its terminal record.
@@ -371,24 +408,45 @@ class PollManager:
         failure, an invalid id included, never affects the others.
         """
         ids = list(prediction_ids)
-        futures = [self._submit_or_fail(pid) for pid in ids]
-        pending = {f for f in futures if not f.done()}
-        if pending:
-            await asyncio.wait(pending)
-        return [self._result(pid, f) for pid, f in zip(ids, futures, strict=True)]
+        futures: list[asyncio.Future[Prediction]] = []
+        for chunk in _chunks(ids):
+            futures.extend(self._submit_or_fail(pid) for pid in chunk)
+            await asyncio.sleep(0)  # a million ids: no long stall of the loop
+        await _all_done(futures)
+        results: list[PollResult] = []
+        for start in range(0, len(ids), _CHUNK):
+            results.extend(
+                self._result(pid, future)
+                for pid, future in zip(
+                    ids[start : start + _CHUNK],
+                    futures[start : start + _CHUNK],
+                    strict=True,
+                )
+            )
+            if len(ids) > _CHUNK:
+                await asyncio.sleep(0)
+        return results
 
     async def as_completed(
         self, prediction_ids: Iterable[str]
     ) -> AsyncIterator[PollResult]:
         """Yield a :class:`PollResult` for each id as soon as it finishes."""
-        done: asyncio.Queue[tuple[str, asyncio.Future[Prediction]]] = asyncio.Queue()
+        done: asyncio.Queue[asyncio.Future[Prediction]] = asyncio.Queue()
+        # The id of a future that is not a tracked one (an invalid id, say).
+        untracked: dict[asyncio.Future[Prediction], str] = {}
         count = 0
         for pid in prediction_ids:
             future = self._submit_or_fail(pid)
-            future.add_done_callback(functools.partial(_report, done, pid))
+            if not isinstance(future, _Track):
+                untracked[future] = pid
+            # One shared callback, no closure per id: a million ids add up.
+            future.add_done_callback(done.put_nowait)
             count += 1
+            if count % _CHUNK == 0:
+                await asyncio.sleep(0)  # a million ids: no long stall of the loop
         for _ in range(count):
-            pid, future = await done.get()
+            future = await done.get()
+            pid = future.id if isinstance(future, _Track) else untracked[future]
             yield self._result(pid, future)
 
     async def cancel(
@@ -404,7 +462,7 @@ class PollManager:
         if not remote:
             track = self._tracks.get(prediction_id)
             if track is not None:
-                track.future.cancel()  # which stops tracking it
+                track.cancel()  # which stops tracking it
             return None
         prediction = await self.client.cancel(prediction_id)
         track = self._tracks.get(prediction_id)
@@ -467,7 +525,8 @@ class PollManager:
         error = future.exception()
         if error is None:
             return PollResult(pid, future.result())
-        return PollResult(pid, self._last_seen.get(future), error)
+        last = future.last if isinstance(future, _Track) else None
+        return PollResult(pid, last, error)
 
     def _cancelled(self, track: _Track) -> None:
         """The future of ``track`` was cancelled (by an awaiter, or cancel())."""
@@ -499,12 +558,14 @@ class PollManager:
         self._timer_at = math.inf
         now = self._loop.time()
         tracks = self._tracks
-        for pid in self._deadlines.pop_due(now):
+        # A bounded share per turn of the loop: what is left is due at once
+        # and the timer fires again on the next turn, after other callbacks.
+        for pid in self._deadlines.pop_due(now, _CHUNK):
             track = tracks.get(pid)
             if track is not None:
                 self._time_out(track)
         put = self._queue.put_nowait
-        for pid in self._polls.pop_due(now):
+        for pid in self._polls.pop_due(now, _CHUNK):
             if pid in tracks:
                 put(pid)
         polls, deadlines = self._polls.next_due(), self._deadlines.next_due()
@@ -527,7 +588,7 @@ class PollManager:
                 # timeout; the poll ended as usual. Stop all the same.
                 return
             track = self._tracks.get(pid)
-            if track is None or track.future.done():
+            if track is None or track.done():
                 continue
             try:
                 await self._poll(track, loop)
@@ -544,7 +605,7 @@ class PollManager:
                 if self._is_current(track):
                     self._finished += 1
                     self._errors += 1
-                    track.future.cancel()
+                    track.cancel()
 
     async def _poll(self, track: _Track, loop: asyncio.AbstractEventLoop) -> None:
         if loop.time() >= track.deadline:
@@ -577,8 +638,10 @@ class PollManager:
             end = min(end, retrying.deadline)
         within = end - sent if end < math.inf else None
         try:
+            pid = track.id
+            request = track.request or ApiRequest("GET", f"predictions/{pid}", pid)
             prediction = await self.client._exchange(
-                track.request, budget, within, self.retry
+                request, budget, within, self.retry
             )
         except RequestError as exc:
             self._in_flight -= 1
@@ -647,7 +710,9 @@ class PollManager:
         if not self._is_current(track):
             return
         assert self.timeout is not None
-        self._fail(track, PollTimeout(track.id, self.timeout, track.last))
+        seen = None if track.counted == "unknown" else track.counted
+        error = PollTimeout(track.id, self.timeout, track.last, status=seen)
+        self._fail(track, error)
         if self.cancel_on_timeout and not self._closed:
             assert self._loop is not None
             task = self._loop.create_task(
@@ -683,7 +748,8 @@ class PollManager:
 
     def _observe(self, track: _Track, prediction: Prediction) -> bool:
         """Record ``prediction`` as the latest; return True if its status changed."""
-        track.last = prediction
+        if self.keep_last:
+            track.last = prediction
         status = prediction.status
         # (A documented status is its own name: no call on the hot path.)
         name = status.value if type(status) is Status else self._tally.name(prediction)
@@ -709,6 +775,7 @@ class PollManager:
         del self._tracks[track.id]
         self._polls.discard(track.id)
         self._deadlines.discard(track.id)
+        track.manager = track.retrying = track.request = None
 
     def _stop_tracking(self, track: _Track) -> None:
         """Forget a cancelled id, and stop counting it: it ended nowhere."""
@@ -719,22 +786,21 @@ class PollManager:
         if self._is_current(track):
             self._forget(track)
             self._finished += 1
-            if not track.future.done():
-                track.future.set_result(prediction)
+            track.last = None  # the result is the record
+            if not track.done():
+                track.set_result(prediction)
 
     def _fail(self, track: _Track, error: BaseException) -> None:
         if self._is_current(track):
             self._forget(track)
             self._finished += 1
             self._errors += 1
-            future = track.future
-            if not future.done():
-                if track.last is not None:
-                    self._last_seen[future] = track.last
-                future.set_exception(error)
+            if not track.done():
+                # (track.last stays: the PollResult carries the last record.)
+                track.set_exception(error)
                 # Retrieved: the error reaches every awaiter, and asyncio
                 # need not log it for a future that nobody awaits.
-                future.exception()
+                track.exception()
 
 
 def _say_undocumented(name: str, prediction_id: str) -> None:

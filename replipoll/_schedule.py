@@ -340,11 +340,16 @@ class TimerQueue:
             heapq.heappop(heap)  # moved or discarded since it was pushed
         return None
 
-    def pop_due(self, now: float) -> list[str]:
-        """Remove and return the keys due at or before ``now``, earliest first."""
+    def pop_due(self, now: float, limit: int | None = None) -> list[str]:
+        """Remove and return the keys due at or before ``now``, earliest first.
+
+        At most ``limit`` keys, if given: the rest stay due for the next call.
+        """
         heap, due = self._heap, self._due
         keys: list[str] = []
-        while heap and heap[0][0] <= now:
+        if limit is None:
+            limit = len(due)
+        while heap and heap[0][0] <= now and len(keys) < limit:
             when, key = heapq.heappop(heap)
             if due.get(key) == when:
                 del due[key]

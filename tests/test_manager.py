@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -769,6 +770,92 @@ async def test_a_poll_that_fails_for_good_keeps_the_last_record_seen(
     assert result.error.attempts == 2
     assert result.prediction is not None
     assert result.prediction.status == "processing"
+
+
+async def test_keep_last_false_keeps_no_record_but_still_names_the_status(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    """For very many ids: no record kept per running id; a timeout still says
+    where the id was, and finished ids still get their records."""
+    slow, quick = (
+        fake_replicate.add_prediction(duration=60),
+        fake_replicate.add_prediction(),
+    )
+    async with PollManager(
+        client, timeout=0.4, policy=QUICK, keep_last=False
+    ) as manager:
+        assert manager.keep_last is False
+        late, done = await manager.poll_many([slow, quick])
+    assert isinstance(late.error, PollTimeout)
+    assert late.prediction is None
+    assert late.error.last is None
+    assert late.error.status == "processing"
+    assert "last status: processing" in str(late.error)
+    assert done.succeeded
+    assert done.prediction is not None
+
+
+async def test_poll_timeout_names_the_status_of_the_record_it_keeps(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    async with PollManager(client, timeout=0.3, policy=QUICK) as manager:
+        (late,) = await manager.poll_many([pid])
+    assert isinstance(late.error, PollTimeout)
+    assert late.error.status == "processing"
+    never = PollTimeout("abc", 1.0, None)
+    assert never.status == "never seen"
+    assert "last status: never seen" in str(never)
+
+
+async def test_a_big_batch_goes_in_without_holding_the_loop(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    """poll_many and as_completed submit in chunks: other tasks run between
+    them (a million ids would otherwise stall the loop for seconds)."""
+    ids = [f"{n:08d}neverseenanywhere" for n in range(10_000)]
+    for method in ("poll_many", "as_completed"):
+        async with PollManager(
+            client, policy=PollPolicy.fixed(3600), timeout=None
+        ) as manager:
+            seen: list[int] = []
+
+            async def peek(manager: PollManager = manager) -> None:
+                await asyncio.sleep(0)
+                seen.append(manager.stats.tracked)
+
+            peeker = asyncio.create_task(peek())
+            if method == "poll_many":
+                batch: asyncio.Task[object] = asyncio.create_task(
+                    manager.poll_many(ids)
+                )
+            else:
+
+                async def drain(manager: PollManager = manager) -> None:
+                    async for _ in manager.as_completed(ids):
+                        pass
+
+                batch = asyncio.create_task(drain())
+            await peeker
+            await until(lambda manager=manager: manager.stats.tracked == len(ids))
+            assert seen and 0 < seen[0] < len(ids), (method, seen)
+            batch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await batch
+
+
+async def test_many_polls_due_at_once_all_go_out(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    """More ids due in one instant than the timer hands out per turn."""
+    ids = fake_replicate.add_predictions(5_000, duration=3)
+    # A coarse grid: the second polls of all 5,000 ids fall due together.
+    async with PollManager(
+        client, policy=PollPolicy.fixed(1.0), coalesce=4.0, max_concurrency=64
+    ) as manager:
+        results = await manager.poll_many(ids)
+    assert all(r.succeeded for r in results)
+    assert manager.stats.requests > len(ids)
 
 
 # -- a batch that fails for one reason -----------------------------------------

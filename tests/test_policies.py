@@ -485,6 +485,17 @@ def test_a_key_pushed_twice_for_the_same_moment_is_due_once() -> None:
     assert timers.pop_due(1.0) == []
 
 
+def test_pop_due_hands_out_at_most_limit_keys_and_keeps_the_rest_due() -> None:
+    """The manager takes a bounded share per turn of the loop."""
+    timers = TimerQueue()
+    for n in range(5):
+        timers.push(f"k{n}", float(n))
+    assert timers.pop_due(10.0, limit=2) == ["k0", "k1"]
+    assert timers.next_due() == 2.0
+    assert timers.pop_due(10.0, limit=0) == []
+    assert timers.pop_due(10.0) == ["k2", "k3", "k4"]
+
+
 def test_a_key_moved_over_and_over_costs_no_memory() -> None:
     timers = TimerQueue()
     for n in range(100_000):
