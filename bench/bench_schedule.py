@@ -6,7 +6,7 @@ The main figure is a simulation: :class:`~replipoll.PollPolicy` is pure, so
 the polls one prediction gets can be replayed exactly on a virtual clock, for
 thousands of predictions, in a fraction of a second. The simulation does what
 the :class:`~replipoll.PollManager` does: poll at once on submission, then
-``next_delay(age)`` after each answer that is not terminal, rounded up to the
+``next_delay(age)`` after each answer that is not terminal, moved onto the
 manager's ``coalesce`` grid (each prediction at a random phase of it; the
 official client's schedule is simulated without one). Answers are taken as
 instant (add your round-trip time to every delay). The delay of a
@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from replipoll import PollManager, PollPolicy
+from replipoll._schedule import on_grid
 
 #: The official client's schedule: every 0.5 s (``REPLICATE_POLL_INTERVAL``).
 OFFICIAL = PollPolicy.fixed(0.5)
@@ -118,9 +119,10 @@ def poll(
 
     As the PollManager does: the first request goes at submission; each
     answer that is not terminal schedules the next request
-    ``next_delay(age)`` later, ``age`` counted at the answer, rounded up to
-    the ``coalesce`` grid. A request sent at ``t`` sees the status at
-    ``t + rtt / 2`` and is answered at ``t + rtt``.
+    ``next_delay(age)`` later, ``age`` counted at the answer, moved onto
+    the ``coalesce`` grid (:func:`replipoll._schedule.on_grid`). A request
+    sent at ``t`` sees the status at ``t + rtt / 2`` and is answered at
+    ``t + rtt``.
     """
     # Where submission falls on the event loop's grid.
     phase = rng.uniform(0.0, coalesce) if coalesce else 0.0
@@ -129,7 +131,11 @@ def poll(
         answered = sent + rtt
         sent = answered + policy.next_delay(answered, rng)
         if coalesce:
-            sent = math.ceil((sent + phase) / coalesce) * coalesce - phase
+            earliest = answered + policy.shortest_delay(answered) + phase
+            sent = (
+                on_grid(sent + phase, answered + phase, coalesce, earliest=earliest)
+                - phase
+            )
         requests += 1
     return requests, sent + rtt - duration
 

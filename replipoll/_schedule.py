@@ -23,7 +23,40 @@ import attrs
 
 from ._options import at_least, fraction, non_negative, positive
 
-__all__ = ["PollPolicy", "RateBudget", "TimerQueue"]
+__all__ = ["PollPolicy", "RateBudget", "TimerQueue", "on_grid"]
+
+
+def on_grid(
+    due: float, now: float, grid: float, *, earliest: float | None = None
+) -> float:
+    """Move a poll due at ``due`` (decided at ``now``) onto the coalescing grid.
+
+    Polls on the same point of the grid (the multiples of ``grid``) go out
+    together, so the event loop wakes up once for many of them. A poll goes
+    to the *nearest* point, at most half a step earlier or later, where
+    that point is not before ``earliest``; otherwise to the next point up.
+    ``earliest`` defaults to ``due``: never early. A wait shorter than four
+    steps uses a finer grid (``grid`` halved until it fits), so a poll never
+    moves by more than a quarter of its wait; the finer points include the
+    coarser ones, so polls still meet.
+
+    Example:
+        >>> round(on_grid(1.43, 0.0, 0.2), 3)  # never early: the next point up
+        1.6
+        >>> [round(on_grid(due, 0.0, 0.2, earliest=1.35), 3) for due in (1.43, 1.53)]
+        [1.4, 1.6]
+        >>> round(on_grid(0.13, 0.0, 0.2), 3)  # a short wait: a finer grid
+        0.15
+    """
+    wait = due - now
+    if not grid or wait <= 0:
+        return due
+    while grid * 4 > wait:
+        grid /= 2
+    point = round(due / grid) * grid
+    if point < due and point < (due if earliest is None else earliest):
+        point = math.ceil(due / grid) * grid
+    return point
 
 
 @attrs.frozen
@@ -67,6 +100,15 @@ class PollPolicy:
             return base
         factor = (rng or _rng).uniform(1.0 - self.jitter, 1.0 + self.jitter)
         return base * factor
+
+    def shortest_delay(self, age: float) -> float:
+        """The least :meth:`next_delay` can be at ``age``, jitter included.
+
+        The :class:`~replipoll.PollManager` may move a poll earlier, onto
+        its coalescing grid, but never below this.
+        """
+        base = min(self.max_interval, max(self.min_interval, age * self.age_factor))
+        return base * (1.0 - self.jitter)
 
     @classmethod
     def fixed(cls, interval: float) -> PollPolicy:

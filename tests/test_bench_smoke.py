@@ -42,13 +42,26 @@ def test_simulated_polls_match_the_managers_schedule(bench: Loader) -> None:
     assert delay == pytest.approx(0.1)
     # Done before the first answer: one request.
     assert schedule.poll(fixed, 0.0, random.Random(0))[0] == 1
-    # On a 0.2 s grid each poll goes up to 0.2 s later: never more requests,
-    # and the end is seen within one interval plus the grid.
+    # On a 0.2 s grid each poll of a fixed schedule goes up to 0.2 s later,
+    # never earlier: never more requests, the end seen within one interval
+    # plus the grid.
     rng = random.Random(0)
-    runs = [schedule.poll(fixed, 1.2, rng, coalesce=0.2) for _ in range(200)]
+    every_second = PollPolicy.fixed(1.0)
+    runs = [schedule.poll(every_second, 2.4, rng, coalesce=0.2) for _ in range(200)]
     assert all(count <= 4 for count, _ in runs)
-    assert all(0 <= delay < 0.5 + 0.2 for _, delay in runs)
-    assert any(count < 4 for count, _ in runs)  # the grid moved some polls
+    assert all(0 <= delay < 1.0 + 0.2 for _, delay in runs)
+    assert len({round(delay, 6) for _, delay in runs}) > 1  # the grid moved polls
+    # A jittery schedule goes to the nearest point: on average no later.
+    jittery = PollPolicy(min_interval=1.0, max_interval=1.0, jitter=0.2)
+    durations = [random.Random(n).uniform(1.0, 20.0) for n in range(2000)]
+    plain = sum(
+        schedule.poll(jittery, d, random.Random(n))[1] for n, d in enumerate(durations)
+    )
+    gridded = sum(
+        schedule.poll(jittery, d, random.Random(n), coalesce=0.2)[1]
+        for n, d in enumerate(durations)
+    )
+    assert gridded / plain == pytest.approx(1.0, abs=0.05)
 
 
 def test_quick_schedule_simulation_runs_and_renders(bench: Loader) -> None:

@@ -28,6 +28,7 @@ from replipoll import (
     RequestError,
     RetryPolicy,
 )
+from replipoll._schedule import on_grid
 from replipoll.testing import FakeReplicate, Fault
 
 QUICK = PollPolicy(min_interval=0.05, age_factor=0.1, max_interval=0.2, jitter=0.1)
@@ -537,7 +538,7 @@ async def test_local_cancel_removes_the_id_from_the_status_counts(
 async def second_polls(server: FakeReplicate, coalesce: float) -> list[float]:
     """Submit ten ids 15 ms apart; return when each one's second poll arrived."""
     ids = server.add_predictions(10, duration=5.0)
-    policy = PollPolicy.fixed(0.3)
+    policy = PollPolicy.fixed(1.0)  # (a wait of four grid steps or more)
     async with (
         Client(base_url=server.base_url(), api_key=server.api_key) as client,
         PollManager(client, policy=policy, coalesce=coalesce) as manager,
@@ -545,12 +546,12 @@ async def second_polls(server: FakeReplicate, coalesce: float) -> list[float]:
         for pid in ids:
             manager.submit(pid)
             await asyncio.sleep(0.015)
-        await asyncio.sleep(0.75)
+        await asyncio.sleep(1.45)
     polls: dict[str, list[float]] = {}
     for record in server.stats.request_log:
         polls.setdefault(record.path.rsplit("/", 1)[-1], []).append(record.time)
     # Never earlier than the policy says, coalescing or not.
-    assert all(b - a >= 0.3 * 0.95 for a, b in (polls[pid][:2] for pid in ids))
+    assert all(b - a >= 1.0 * 0.95 for a, b in (polls[pid][:2] for pid in ids))
     return sorted(polls[pid][1] for pid in ids)
 
 
@@ -565,6 +566,42 @@ async def test_polls_due_in_one_window_go_out_together() -> None:
         assert bunches(await second_polls(server, coalesce=0.2)) <= 2
     async with FakeReplicate() as server:
         assert bunches(await second_polls(server, coalesce=0)) >= 8
+
+
+async def test_a_short_wait_gets_a_finer_grid() -> None:
+    """Polls every 0.1 s on a 0.2 s grid: the grid shrinks to a quarter of
+    the wait, so the intervals stay near 0.1 s instead of doubling."""
+    async with FakeReplicate() as server:
+        pid = server.add_prediction(duration=5.0)
+        async with (
+            Client(base_url=server.base_url(), api_key=server.api_key) as client,
+            PollManager(client, policy=PollPolicy.fixed(0.1), coalesce=0.2) as manager,
+        ):
+            manager.submit(pid)
+            await asyncio.sleep(1.05)
+        times = [r.time for r in server.stats.request_log]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.1 * 0.95, gaps  # never early: the policy is fixed
+    assert 7 <= len(times) <= 11, gaps
+
+
+def test_coalescing_moves_polls_within_the_policy_jitter_only() -> None:
+    """Nearest grid point when the jitter allows it, the next one up when
+    not; a fixed policy (no jitter) is never moved earlier."""
+    jittery = PollPolicy(min_interval=2.0, max_interval=2.0, jitter=0.1)
+    now = 100.0
+    for due in (101.83, 101.95, 102.07, 102.19):
+        earliest = now + jittery.shortest_delay(0)
+        point = on_grid(due, now, 0.2, earliest=earliest)
+        assert abs(point - due) <= 0.2
+        assert point >= earliest
+    assert on_grid(101.83, now, 0.2, earliest=now + 1.8) == pytest.approx(101.8)
+    assert on_grid(101.85, now, 0.2, earliest=now + 1.81) == pytest.approx(102.0)
+    fixed = PollPolicy.fixed(2.0)
+    assert fixed.shortest_delay(50) == 2.0
+    assert on_grid(101.83, now, 0.2, earliest=now + 2.0) == pytest.approx(102.0)
+    assert on_grid(101.83, now, 0.2) == pytest.approx(102.0)  # a retry: never early
+    assert on_grid(101.83, now, 0) == 101.83
 
 
 async def test_coalescing_never_pushes_a_poll_past_its_deadline(
@@ -820,7 +857,9 @@ async def test_a_big_batch_goes_in_without_holding_the_loop(
         ) as manager:
             seen: list[int] = []
 
-            async def peek(manager: PollManager = manager) -> None:
+            async def peek(
+                manager: PollManager = manager, seen: list[int] = seen
+            ) -> None:
                 await asyncio.sleep(0)
                 seen.append(manager.stats.tracked)
 
@@ -838,7 +877,8 @@ async def test_a_big_batch_goes_in_without_holding_the_loop(
                 batch = asyncio.create_task(drain())
             await peeker
             await until(lambda manager=manager: manager.stats.tracked == len(ids))
-            assert seen and 0 < seen[0] < len(ids), (method, seen)
+            assert seen, method
+            assert 0 < seen[0] < len(ids), (method, seen)
             batch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await batch

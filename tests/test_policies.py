@@ -28,7 +28,7 @@ from replipoll import (
     RetryPolicy,
     ServerError,
 )
-from replipoll._schedule import TimerQueue
+from replipoll._schedule import TimerQueue, on_grid
 
 
 @pytest.mark.parametrize(
@@ -172,8 +172,8 @@ def _simulate(
     """Mean requests and mean detection delay per prediction, on a virtual clock.
 
     As the PollManager polls: at once on submission, then ``next_delay(age)``
-    after each answer that is not terminal, rounded up to its ``coalesce``
-    grid; answers are taken as instant.
+    after each answer that is not terminal, moved onto its ``coalesce`` grid
+    (within the policy's jitter); answers are taken as instant.
     """
     rng = random.Random(seed)
     requests = delays = 0.0
@@ -181,9 +181,14 @@ def _simulate(
         sent, count = 0.0, 1
         phase = rng.uniform(0.0, coalesce)
         while sent < duration:
+            answered = sent
             sent += policy.next_delay(sent, rng)
             if coalesce:
-                sent = math.ceil((sent + phase) / coalesce) * coalesce - phase
+                earliest = answered + policy.shortest_delay(answered) + phase
+                sent = (
+                    on_grid(sent + phase, answered + phase, coalesce, earliest=earliest)
+                    - phase
+                )
             count += 1
         requests += count
         delays += sent - duration
