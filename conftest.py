@@ -23,18 +23,27 @@ The ``>>>`` examples in the package's docstrings run too, as doctests in the
 namespace of their module.
 
 The examples talk only to :class:`replipoll.testing.FakeReplicate` on 127.0.0.1.
+
+With ``REPLIPOLL_TEST_FAST_PATH=1`` (``nox -s tests-speed``, the second run
+of CI) everything runs on the ``speed`` extra: every event loop is uvloop's
+(the tests', the examples' ``asyncio.run``, the servers' threads) and JSON is
+parsed by msgspec; the run stops at once if either is missing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import doctest
 import importlib
 import io
+import os
 import pkgutil
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
 import replipoll
 from sybil import Document, Example, Region, Sybil
 from sybil.evaluators.doctest import DocTestEvaluator
@@ -172,3 +181,34 @@ docstrings = Sybil(
 pytest_collect_file = (markdown + docstrings).pytest()
 
 collect_ignore = ["docs/_build", "docs/conf.py"]
+
+
+#: Set (to anything) for the run on the fast path.
+FAST_PATH = "REPLIPOLL_TEST_FAST_PATH"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get(FAST_PATH):
+        return
+    from replipoll import _speedups
+
+    if _speedups.JSON_LOADER != "msgspec" or _speedups.loop_factory() is None:
+        raise pytest.UsageError(
+            f"{FAST_PATH} is set, but the fast path is not in use "
+            f"({_speedups.speedups()})"
+        )
+    import uvloop
+
+    # A policy, not pytest-asyncio's loop factories: asyncio.run() in the
+    # examples and the loops of server threads are uvloop's too. (Policies
+    # are deprecated from Python 3.14 on, not gone.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from replipoll import _speedups
+
+    loop = "uvloop" if os.environ.get(FAST_PATH) else "asyncio's"
+    return f"replipoll: JSON by {_speedups.JSON_LOADER}, {loop} event loop"

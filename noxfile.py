@@ -15,7 +15,7 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_external_run = True
-nox.options.sessions = ["tests", "lint", "mypy", "docs"]
+nox.options.sessions = ["tests", "tests-speed", "lint", "mypy", "docs"]
 
 ROOT = Path(__file__).parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -47,6 +47,21 @@ def tests(session: nox.Session) -> None:
         "--cov-report=term-missing:skip-covered",
         *session.posargs,
         env={"COVERAGE_FILE": f".coverage.{session.python}"},
+    )
+
+
+@nox.session(name="tests-speed", python=PYTHONS)
+def tests_speed(session: nox.Session) -> None:
+    """The tests again with the speed extra: on uvloop, JSON parsed by msgspec."""
+    session.install("-e", ".[tests,speed]")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        *session.posargs,
+        # conftest.py puts every event loop on uvloop, and stops at once if
+        # the fast path is not in use.
+        env={"REPLIPOLL_TEST_FAST_PATH": "1"},
     )
 
 

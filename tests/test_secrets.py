@@ -158,7 +158,9 @@ async def test_a_whole_chaos_run_never_shows_the_key(
     ]
     assert any("status 429" in t for t in texts)
     assert any("request id" in t for t in texts)
-    assert assert_no_secret(texts, SECRET_KEY) > 1000
+    # About 900 texts from replipoll's log lines and the results alone;
+    # asyncio's debug lines come on top (uvloop's loop writes none).
+    assert assert_no_secret(texts, SECRET_KEY) > 800
 
 
 async def test_wrong_keys_never_show_either_key(secret_server: FakeReplicate) -> None:

@@ -18,6 +18,7 @@ import click
 from rich.logging import RichHandler
 
 from .._errors import ConfigurationError, ReplipollError
+from .._speedups import speedups
 from ._commands import demo, download, fake_server, get, poll
 from ._common import (
     EXIT_FAILED,
@@ -35,7 +36,11 @@ __all__ = ["cli", "main"]
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
 )
-@click.version_option(package_name="replipoll", prog_name="replipoll")
+@click.version_option(
+    package_name="replipoll",
+    prog_name="replipoll",
+    message=f"%(prog)s, version %(version)s\n{speedups()}",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log retries and other warnings.")
 def cli(verbose: bool) -> None:
     """Poll Replicate-style predictions: Replicate, DeerAPI, CometAPI, any gateway.

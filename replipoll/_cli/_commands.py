@@ -12,6 +12,7 @@ import click
 from .._client import DEFAULT_TIMEOUT
 from .._errors import ConfigurationError, InvalidPredictionIdError
 from .._models import Prediction
+from .._speedups import loop_factory
 from ._common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -412,8 +413,11 @@ def fake_server(
     if scenario == "empty" and predictions:
         raise click.UsageError("--predictions needs --scenario demo or chaos")
     server = FakeReplicate(api_key, seed=seed)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=loop_factory()) as runner,
+    ):
+        runner.run(
             run_server(
                 server,
                 host=host,

@@ -17,6 +17,7 @@ from rich.console import Console
 from .._client import Client
 from .._errors import ConfigurationError
 from .._providers import PROVIDERS
+from .._speedups import loop_factory
 
 __all__ = [
     "EXIT_FAILED",
@@ -62,6 +63,9 @@ class Interrupted(Exception):
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine``; Ctrl-C and SIGTERM cancel it cleanly.
 
+    It runs on uvloop's event loop when the ``speed`` extra installed it
+    (and ``REPLIPOLL_NO_SPEEDUPS`` is not set), else on asyncio's own.
+
     Raises:
         Interrupted: a signal stopped it (after the coroutine cleaned up).
     """
@@ -90,7 +94,9 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
             raise
 
     try:
-        return asyncio.run(guarded())
+        # asyncio.run() without the loop_factory it only has from 3.12 on.
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(guarded())
     except KeyboardInterrupt:
         raise Interrupted(EXIT_INTERRUPTED) from None
 
