@@ -19,9 +19,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -124,21 +125,43 @@ def ids_file(ids: Sequence[str]) -> Iterator[str]:
         yield str(path)
 
 
-def run_child(script: str, *args: str, timeout: float = 900) -> dict[str, Any]:
+def run_child(
+    script: str,
+    *args: str,
+    timeout: float = 900,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Run ``bench/<script> --child ...`` in a fresh interpreter; parse its JSON line.
 
     A fresh process per measurement keeps one client's imports, caches and
-    garbage from weighing on the next one's CPU time.
+    garbage from weighing on the next one's CPU time. ``env`` is added to
+    this process's environment (``""`` removes a variable).
     """
-    out = subprocess.run(
+    environ = dict(os.environ)
+    for name, value in (env or {}).items():
+        if value:
+            environ[name] = value
+        else:
+            environ.pop(name, None)
+    done = subprocess.run(
         [sys.executable, str(BENCH / script), "--child", *args],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
-    ).stdout
+        env=environ,
+    )
+    if done.returncode:
+        sys.stderr.write(done.stderr[-4000:])
+        done.check_returncode()
+    out = done.stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
+
+
+def fast_path_installed() -> bool:
+    """Whether the speed extra is installed: msgspec and uvloop."""
+    return all(find_spec(name) is not None for name in ("msgspec", "uvloop"))
 
 
 def cpu() -> float:
@@ -160,7 +183,15 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions = {}
-    for package in ("replipoll", "aiohttp", "attrs", "cattrs", "python-backoff"):
+    for package in (
+        "replipoll",
+        "aiohttp",
+        "attrs",
+        "cattrs",
+        "python-backoff",
+        "uvloop",
+        "msgspec",
+    ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
     for package in ("replicate", "httpx", "matplotlib"):

@@ -20,6 +20,12 @@ Two floors, each measured by another fresh interpreter on the same server:
 * *saturated*: aiohttp GET + ``json()`` back to back, 32 at a time, as in
   ``bench_get.py``. Cheaper per request than any real polling pattern,
   because a loop kept busy answers many sockets per wake-up.
+
+Those runs, and both floors, use asyncio's own loop and the standard
+library's JSON (``REPLIPOLL_NO_SPEEDUPS=1``), as replipoll does without the
+speed extra. With the extra installed, the same batch runs once more on a
+fresh server on the fast path (uvloop, msgspec), compared with the same
+default floors.
 """
 
 from __future__ import annotations
@@ -40,12 +46,16 @@ from _common import (
     cpu,
     emit,
     fake_server,
+    fast_path_installed,
     ids_file,
     median,
     run_child,
 )
 
 CONCURRENCY = 32
+#: The environment of the default runs, and of the fast path's.
+DEFAULT_ENV = {"REPLIPOLL_NO_SPEEDUPS": "1"}
+FAST_ENV = {"REPLIPOLL_NO_SPEEDUPS": ""}
 
 
 def mixed_script(n: int, *, stretch: float = 1.0, seed: int = 0) -> Script:
@@ -70,6 +80,7 @@ async def poll_all(
 ) -> dict[str, Any]:
     """Poll every id to the end with one PollManager; runs in a child."""
     import replipoll
+    from replipoll import _speedups
 
     options = {} if coalesce is None else {"coalesce": coalesce}
     async with (
@@ -92,6 +103,8 @@ async def poll_all(
         "errors": stats.errors,
         "peak_in_flight": stats.peak_in_flight,
         "by_status": stats.by_status,
+        "json_loader": _speedups.JSON_LOADER,
+        "loop": type(asyncio.get_running_loop()).__module__,
     }
 
 
@@ -153,7 +166,15 @@ def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
     """Run the end-to-end batch ``rounds`` times, each with its floor."""
     n, stretch = (1_000, 0.1) if quick else (10_000, 1.0)
     rounds = rounds or (1 if quick else 3)
+    fast_path = fast_path_installed()
     samples: list[dict[str, Any]] = []
+
+    def child(*args: str, env: dict[str, str] = DEFAULT_ENV) -> dict[str, Any]:
+        figures = run_child("bench_manager.py", *args, env=env)
+        if env is DEFAULT_ENV and figures.get("json_loader", "json") != "json":
+            raise RuntimeError(f"not the default path: {figures}")
+        return figures
+
     for r in range(rounds):
         script = mixed_script(n, stretch=stretch, seed=r)
         with (
@@ -162,14 +183,14 @@ def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
             tempfile.TemporaryDirectory() as tmp,
         ):
             url = server.base_url
-            batch = run_child("bench_manager.py", "batch", url, path)
+            batch = child("batch", url, path)
             log = Path(tmp, "arrivals.json")
             log.write_text(json.dumps(server.arrivals()))
-            replayed = run_child("bench_manager.py", "floor", url, path, "0", str(log))
+            replayed = child("floor", url, path, "0", str(log))
             count = str(min(batch["requests"], 10_000))
-            saturated = run_child("bench_manager.py", "floor", url, path, count)
+            saturated = child("floor", url, path, count)
         with fake_server(script) as server, ids_file(server.ids) as path:
-            off = run_child("bench_manager.py", "batch", server.base_url, path, "0")
+            off = child("batch", server.base_url, path, "0")
         batch["us_per_request"] = batch["cpu"] / batch["requests"] * 1e6
         batch["uncoalesced_us"] = off["cpu"] / off["requests"] * 1e6
         batch["x_uncoalesced"] = batch["us_per_request"] / batch["uncoalesced_us"]
@@ -178,6 +199,18 @@ def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
             batch[f"x_{name}_floor"] = (
                 batch["us_per_request"] / batch[f"{name}_floor_us"]
             )
+        if fast_path:
+            with fake_server(script) as server, ids_file(server.ids) as path:
+                fast = child("batch-fast", server.base_url, path, env=FAST_ENV)
+            if (fast["json_loader"], fast["loop"]) != ("msgspec", "uvloop"):
+                raise RuntimeError(f"not the fast path: {fast}")
+            batch["fast_us"] = fast["cpu"] / fast["requests"] * 1e6
+            batch["fast_requests"] = fast["requests"]
+            batch["fast_ok"] = fast["ok"]
+            for name in ("replayed", "saturated"):
+                batch[f"x_fast_{name}_floor"] = (
+                    batch["fast_us"] / batch[f"{name}_floor_us"]
+                )
         samples.append(batch)
     return {
         "ids": n,
@@ -197,6 +230,9 @@ def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
                 ("x_uncoalesced", 2),
             )
         },
+        "x_saturated_floor_rounds": [round(s["x_saturated_floor"], 3) for s in samples],
+        "x_replayed_floor_rounds": [round(s["x_replayed_floor"], 3) for s in samples],
+        **(_fast_figures(samples, n) if fast_path else {}),
         "wall_seconds": round(median([s["wall"] for s in samples]), 1),
         "requests_per_id": round(median([s["requests"] / n for s in samples]), 2),
         "peak_in_flight": max(s["peak_in_flight"] for s in samples),
@@ -206,6 +242,19 @@ def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
             for s in samples
         ],
     }
+
+
+def _fast_figures(samples: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """The fast path's figures: medians of the rounds, and each round's ratio."""
+    figures: dict[str, Any] = {
+        "fast_us_per_request": round(median([s["fast_us"] for s in samples]), 1),
+        "fast_all_finished": all(s["fast_ok"] == n for s in samples),
+    }
+    for name in ("saturated", "replayed"):
+        rounds = [round(s[f"x_fast_{name}_floor"], 3) for s in samples]
+        figures[f"x_fast_{name}_floor"] = round(median(rounds), 2)
+        figures[f"x_fast_{name}_floor_rounds"] = rounds
+    return figures
 
 
 def report(result: dict[str, Any]) -> None:
@@ -220,6 +269,16 @@ def report(result: dict[str, Any]) -> None:
         f"saturated {result['saturated_floor_us']} us "
         f"({result['x_saturated_floor']}x)"
     )
+    if "fast_us_per_request" in result:
+        fast = result["x_fast_saturated_floor_rounds"]
+        print(
+            f"  fast path (uvloop + msgspec): {result['fast_us_per_request']} "
+            f"us/request, {result['x_fast_saturated_floor']}x the saturated floor "
+            f"(rounds {min(fast):.2f}-{max(fast):.2f}), "
+            f"{result['x_fast_replayed_floor']}x the replayed one"
+        )
+    else:
+        print("  (fast path not measured: pip install -e '.[speed]')")
     print(
         f"  with coalesce=0: {result['uncoalesced_us']} us/request "
         f"(coalescing: {result['x_uncoalesced']}x of that)"
@@ -244,6 +303,10 @@ def main() -> None:
         if part == "batch":
             coalesce = float(rest[0]) if rest else None
             emit(asyncio.run(poll_all(base_url, ids, coalesce)))
+        elif part == "batch-fast":  # as a program would: replipoll[speed], uvloop
+            import uvloop
+
+            emit(uvloop.run(poll_all(base_url, ids)))
         else:
             log = json.loads(Path(rest[1]).read_text()) if len(rest) > 1 else []
             arrivals = [(float(t), str(pid)) for t, pid in log]
