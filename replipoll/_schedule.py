@@ -276,7 +276,10 @@ class RateBudget:
     def _arm(self, delay: float) -> None:
         # (Only ever called with no timer set: the one timer is _wake's.)
         assert self._loop is not None
-        self._timer = self._loop.call_later(delay, self._wake)
+        # At least a millisecond: uvloop's timers count whole milliseconds,
+        # and one due in less fires at once, before the slot is free, again
+        # and again. A slot taken up to 1 ms late is still within the limit.
+        self._timer = self._loop.call_later(max(delay, 0.001), self._wake)
 
     def _forget(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._timer is not None:

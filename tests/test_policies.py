@@ -222,6 +222,24 @@ def test_budget_spaces_requests_after_the_burst() -> None:
     assert budget.next_free(now=0.15) == pytest.approx(0.05)
 
 
+async def test_the_budget_timer_never_spins_on_sub_millisecond_waits() -> None:
+    """One waiter after another at 2,000/s: each wait is under a millisecond,
+    which uvloop's timers round to nothing. The timer must not fire again and
+    again before the slot is free (the suite runs on uvloop too)."""
+
+    class Counting(RateBudget):
+        wakes = 0
+
+        def _wake(self) -> None:
+            type(self).wakes += 1
+            super()._wake()
+
+    budget = Counting(rate=2000, burst=1)
+    for _ in range(200):
+        await budget.acquire()
+    assert Counting.wakes <= 3 * 200, Counting.wakes
+
+
 def test_budget_books_nothing_when_it_says_no() -> None:
     # A refusal takes no slot: asking again and again does not push the
     # next free slot further away.
