@@ -124,6 +124,20 @@ async def memory(n: int) -> dict[str, Any]:
     }
 
 
+async def _window(manager: Any, window: float) -> dict[str, Any]:
+    """Requests and CPU per request over ``window`` seconds of ``manager``."""
+    requests, start, wall = manager.stats.requests, cpu(), time.perf_counter()
+    await asyncio.sleep(window)
+    used, wall = cpu() - start, time.perf_counter() - wall
+    requests = manager.stats.requests - requests
+    return {
+        "tracked": manager.stats.tracked,
+        "requests": requests,
+        "rate": requests / wall,
+        "us_per_request": used / requests * 1e6,
+    }
+
+
 async def steady(
     n: int, rate: float, window: float, base_url: str | None, ids: list[str]
 ) -> dict[str, Any]:
@@ -144,18 +158,8 @@ async def steady(
         for pid in ids[:n]:
             manager.submit(pid)
         await asyncio.sleep(n / rate + min(2.0, window / 2))  # one round and more
-        requests, start, wall = manager.stats.requests, cpu(), time.perf_counter()
-        await asyncio.sleep(window)
-        used, wall = cpu() - start, time.perf_counter() - wall
-        requests = manager.stats.requests - requests
-        tracked = manager.stats.tracked
-    return {
-        "ids": n,
-        "tracked": tracked,
-        "requests": requests,
-        "rate": requests / wall,
-        "us_per_request": used / requests * 1e6,
-    }
+        figures = await _window(manager, window)
+    return {"ids": n, **figures}
 
 
 #: A running prediction as Replicate serves it (about 1.1 KB of JSON).
@@ -298,27 +302,30 @@ async def million(
         submitted = len(pauses)
         await answered.wait()  # every id's first poll
         await asyncio.sleep(min(2.0, window / 2))
-        requests, start, wall = manager.stats.requests, cpu(), time.perf_counter()
-        await asyncio.sleep(window)
-        used, wall = cpu() - start, time.perf_counter() - wall
-        requests = manager.stats.requests - requests
-        tracked = manager.stats.tracked
+        figures = await _window(manager, window)
+        # The loop while polling, apart from the closing of the manager,
+        # which ends every id left (a million errors made at once).
+        polling_worst, worst = worst, 0.0
+        polling_pauses = list(pauses)
+        closing = time.perf_counter()
+    closing = time.perf_counter() - closing
     watcher.cancel()
     gc.callbacks.remove(on_gc)
     return {
         "ids": n,
-        "tracked": tracked,
-        "requests": requests,
-        "rate": requests / wall,
-        "us_per_request": used / requests * 1e6,
+        **figures,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "worst_stall_ms": worst * 1e3,
+        "worst_stall_ms": polling_worst * 1e3,
+        "close_seconds": closing,
+        "close_worst_stall_ms": worst * 1e3,
         "submit_seconds": submit_ends,
         "stalls_over_50ms": [(round(t, 1), round(d * 1e3)) for t, d in stalls][:40],
         "gc_freeze": freeze,
-        "full_collections": len(pauses),
-        "full_collections_after_submit": len(pauses) - submitted,
-        "longest_collection_ms": max(pauses, default=0.0) * 1e3,
+        "full_collections": len(polling_pauses),
+        "full_collections_after_submit": len(polling_pauses) - submitted,
+        "longest_collection_ms": max(polling_pauses, default=0.0) * 1e3,
+        "close_longest_collection_ms": max(pauses[len(polling_pauses) :], default=0.0)
+        * 1e3,
     }
 
 
@@ -351,6 +358,9 @@ def million_runs(rounds: int, n: int = 1_000_000) -> dict[str, Any]:
                 "peak_rss_mib",
                 "worst_stall_ms",
                 "longest_collection_ms",
+                "close_seconds",
+                "close_worst_stall_ms",
+                "close_longest_collection_ms",
             )
         } | {
             "samples_us": [round(r["us_per_request"], 1) for r in runs],
