@@ -361,10 +361,8 @@ class PollManager:
             return stopped
         pid = request.prediction_id
         track = self._tracks.get(pid)
-        if track is not None:
-            if not track.done():
-                return track
-            self._stop_tracking(track)  # (not reached: cancel() forgets it)
+        if track is not None:  # (an id is forgotten as its future is done)
+            return track
         queue = self._start()
         loop = self._loop
         assert loop is not None

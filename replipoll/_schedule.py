@@ -93,9 +93,13 @@ class PollPolicy:
     max_interval: float = attrs.field(default=3.0, validator=positive())
     jitter: float = attrs.field(default=0.1, validator=fraction)
 
+    def _interval(self, age: float) -> float:
+        """``interval(age)``, before jitter."""
+        return min(self.max_interval, max(self.min_interval, age * self.age_factor))
+
     def next_delay(self, age: float, rng: random.Random | None = None) -> float:
         """Seconds until the next poll of an id tracked for ``age`` seconds."""
-        base = min(self.max_interval, max(self.min_interval, age * self.age_factor))
+        base = self._interval(age)
         if not self.jitter:
             return base
         factor = (rng or _rng).uniform(1.0 - self.jitter, 1.0 + self.jitter)
@@ -107,8 +111,7 @@ class PollPolicy:
         The :class:`~replipoll.PollManager` may move a poll earlier, onto
         its coalescing grid, but never below this.
         """
-        base = min(self.max_interval, max(self.min_interval, age * self.age_factor))
-        return base * (1.0 - self.jitter)
+        return self._interval(age) * (1.0 - self.jitter)
 
     @classmethod
     def fixed(cls, interval: float) -> PollPolicy:

@@ -1107,6 +1107,16 @@ HOSTILE = [
 ]
 
 
+def serve_json(fake: ServerThread, pid: str, body: str, status: int = 200) -> None:
+    """Answer every request for ``pid`` with ``body`` as JSON, verbatim."""
+    fake.call(
+        fake.server.add_fault,
+        Fault.status(status, body, content_type="application/json"),
+        prediction_id=pid,
+        times=None,
+    )
+
+
 @pytest.mark.parametrize("error", HOSTILE)
 def test_get_shows_server_text_literally_and_sends_no_escape_of_its_own(
     fake: ServerThread, error: str
@@ -1118,12 +1128,7 @@ def test_get_shows_server_text_literally_and_sends_no_escape_of_its_own(
         f'{{"id": "{pid}", "status": "failed", "model": "[b]m[/b]\\u001b[31m",'
         f' "error": "{error}"}}'
     )
-    fake.call(
-        fake.server.add_fault,
-        Fault.status(200, body, content_type="application/json"),
-        prediction_id=pid,
-        times=None,
-    )
+    serve_json(fake, pid, body)
     done = run("get", pid, "--base-url", fake.base_url)
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout
@@ -1152,12 +1157,7 @@ def test_on_a_terminal_server_escapes_are_shown_never_sent(
         f'{{"id": "{pid}", "status": "failed", "error": "[/bold] \\u001b[2J'
         f' \\u001b]8;;https://evil\\u0007click\\u001b]8;;\\u0007 \\ud800"}}'
     )
-    fake.call(
-        fake.server.add_fault,
-        Fault.status(200, body, content_type="application/json"),
-        prediction_id=pid,
-        times=None,
-    )
+    serve_json(fake, pid, body)
     code, screen = run_on_terminal(
         "get", pid, "--base-url", fake.base_url, stream="stdout"
     )
@@ -1175,15 +1175,8 @@ def test_a_one_line_error_with_server_controls_stays_one_plain_line(
     """A 404 whose message holds an escape sequence and a newline: one line on
     standard error, the sequence shown, not sent."""
     pid = "hostile-404"
-    fake.call(
-        fake.server.add_fault,
-        Fault.status(
-            404,
-            '{"detail": "gone \\u001b[2J[/bold]\\nsecond line"}',
-            content_type="application/json",
-        ),
-        prediction_id=pid,
-        times=None,
+    serve_json(
+        fake, pid, '{"detail": "gone \\u001b[2J[/bold]\\nsecond line"}', status=404
     )
     done = run("get", pid, "--base-url", fake.base_url)
     assert done.returncode == 1
@@ -1211,12 +1204,7 @@ def test_nan_and_infinity_from_a_server_are_written_as_null(
         f'{{"id": "{pid}", "status": "succeeded", "output": NaN,'
         ' "metrics": {"predict_time": Infinity, "other": -Infinity}}'
     )
-    fake.call(
-        fake.server.add_fault,
-        Fault.status(200, body, content_type="application/json"),
-        prediction_id=pid,
-        times=None,
-    )
+    serve_json(fake, pid, body)
     out = tmp_path / "results.jsonl"
     done = run("poll", pid, "--out", str(out), "--base-url", fake.base_url)
     assert done.returncode == 0, done.stderr
