@@ -347,11 +347,21 @@ async def test_list_pages_newest_first_with_working_links(
     assert back == first
 
 
-@pytest.mark.parametrize("cursor", ["-1", "two", "1e3"])
-async def test_list_refuses_a_cursor_that_is_not_a_count(
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "-1",
+        "two",
+        "1e3",
+        "0",
+        # Replicate's own cursors name a date, which the fake's do not.
+        "cD0yMDIyLTAxLTIxKzIzJTNBMTglM0EyNC41MzAzNTclMkIwMCUzQTAw",
+    ],
+)
+async def test_list_refuses_a_cursor_it_did_not_make(
     server: FakeReplicate, session: aiohttp.ClientSession, cursor: str
 ) -> None:
-    """A hand-made cursor that is not a non-negative integer is a 400, not a 500."""
+    """A hand-made cursor (an offset, a date) is a 400, not a 500."""
     server.add_predictions(3)
     status, headers, body = await fetch(
         session, "GET", f"{server.base_url()}/predictions", params={"cursor": cursor}

@@ -37,23 +37,30 @@ Command line: ``python -m replipoll.testing --scenario demo``.  Pytest: add
 from ._cli import main, run_server
 from ._faults import ANSWER_FAULTS, CHAOS_FAULTS, HOSTILE_FAULTS, Fault
 from ._http import PREFIXES, ErrorStyle
+from ._records import Timeline
 from ._scenarios import SCENARIOS, load_scenario
-from ._server import DEFAULT_API_KEY, FakeReplicate
+from ._server import DEFAULT_API_KEY, LIST_OMITS, FakeReplicate
 from ._stats import FakeClock, RequestRecord, ServerStats
+from ._workload import DEFAULT_MODELS, ModelProfile, add_workload
 
 __all__ = [
     "ANSWER_FAULTS",
     "CHAOS_FAULTS",
     "DEFAULT_API_KEY",
+    "DEFAULT_MODELS",
     "HOSTILE_FAULTS",
+    "LIST_OMITS",
     "PREFIXES",
     "SCENARIOS",
     "ErrorStyle",
     "FakeClock",
     "FakeReplicate",
     "Fault",
+    "ModelProfile",
     "RequestRecord",
     "ServerStats",
+    "Timeline",
+    "add_workload",
     "load_scenario",
     "main",
     "run_server",

@@ -18,12 +18,14 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Final, Literal
+from urllib.parse import urlencode
 
 import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ._faults import Fault, FaultPlan
+from ._listing import CreatedIndex, Cursor, parse_date_time, select
 from ._records import Prediction, render, served_file
 from ._stats import RequestRecord, ServerStats
 
@@ -42,7 +44,10 @@ _API: Final = tuple(f"{prefix}/" for prefix in PREFIXES)
 _GATEWAY: Final = "/replicate/"
 _FILES: Final = "/files/"
 _PROBLEM: Final = "application/problem+json"
-_PAGE: Final = 100
+#: The list endpoint's path, under each prefix.
+_LIST: Final = tuple(f"{prefix}/predictions" for prefix in PREFIXES)
+#: The query parameters a list request's links carry on.
+_FILTERS: Final = ("created_after", "created_before")
 _INVALID: Final = "Input validation failed"
 #: A path segment holding a prediction id: anything but "/" (aiohttp's
 #: default pattern also refuses "{" and "}", which add_prediction accepts).
@@ -81,6 +86,7 @@ class Api:
     """The aiohttp app of a :class:`FakeReplicate` and what it counts."""
 
     predictions: dict[str, Prediction]
+    index: CreatedIndex
     add_prediction: Callable[..., str]
     faults: FaultPlan
     clock: Callable[[], float]
@@ -91,6 +97,8 @@ class Api:
     latency: float
     retention: float | None
     early_grace: float
+    list_lag: float
+    list_omits: frozenset[str]
     stats: ServerStats = attrs.field(init=False, factory=ServerStats)
     paused_until: float = float("-inf")
     pause_started: float = float("-inf")
@@ -143,6 +151,8 @@ class Api:
                     stats.early_requests += 1
             if pid is not None:
                 stats.requests_per_id[pid] += 1
+            elif path in _LIST and request.method == "GET":
+                stats.list_requests += 1
         fault = None
         try:
             if api and self.latency:
@@ -316,7 +326,11 @@ class Api:
         return _json(problem, status, _PROBLEM)
 
     def _render(
-        self, request: web.Request, p: Prediction, now: float
+        self,
+        request: web.Request,
+        p: Prediction,
+        now: float,
+        omit: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         return render(
             p,
@@ -325,21 +339,23 @@ class Api:
             origin=f"{request.scheme}://{request.host}",
             gateway=request.path.startswith(_GATEWAY),
             retention=self.retention,
+            omit=omit,
         )
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
+        now = self.clock()
         p = self.predictions.get(request.match_info["id"])
-        if p is None:
+        if p is None or p.created > now:  # not created yet
             return self._error(request, 404, "Not found.")
-        return _json(self._render(request, p, self.clock()))
+        return _json(self._render(request, p, now))
 
     async def _cancel(self, request: web.Request) -> web.StreamResponse:
         pid = request.match_info["id"]
         self.stats.cancel_requests[pid] += 1
-        p = self.predictions.get(pid)
-        if p is None:
-            return self._error(request, 404, "Not found.")
         now = self.clock()
+        p = self.predictions.get(pid)
+        if p is None or p.created > now:
+            return self._error(request, 404, "Not found.")
         p.cancel(now)
         return _json(self._render(request, p, now))
 
@@ -375,22 +391,56 @@ class Api:
         return _json(self._render(request, self.predictions[pid], self.clock()), 201)
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
-        cursor = request.query.get("cursor", "0")
-        if not cursor.isdigit():
-            return self._error(request, 400, "Invalid cursor.")
-        start = int(cursor)
+        """``GET /predictions``: keyset pages, newest first (see ``_listing``)."""
+        query = request.query
+        bounds: dict[str, float] = {}
+        for name in _FILTERS:
+            if name in query:
+                try:
+                    bounds[name] = parse_date_time(query[name])
+                except ValueError:
+                    detail = (
+                        f"{name}: {query[name]!r} is not an ISO 8601 date-time"
+                        " (like 2026-11-27T15:00:00.123456Z)."
+                    )
+                    return self._error(request, 400, detail)
+        cursor = None
+        if "cursor" in query:
+            try:
+                cursor = Cursor.decode(query["cursor"])
+            except ValueError:
+                return self._error(request, 400, "Invalid cursor.")
         now = self.clock()
-        newest_first = reversed(self.predictions.values())
-        page = itertools.islice(newest_first, start, start + _PAGE)
+        times, ids = self.index.sorted()
+        offset = self.wall_offset
+        page = select(
+            times,
+            ids,
+            now=now,
+            after=bounds.get("created_after"),
+            before=bounds.get("created_before"),
+            cursor=cursor,
+            wall=lambda created: created + offset,
+        )
+        if query.get("source") == "web":  # every prediction here came by the API
+            page = attrs.evolve(page, ids=[], next=None, previous=None)
         prefix = PREFIXES[1] if request.path.startswith(_GATEWAY) else PREFIXES[0]
-        link = f"{request.scheme}://{request.host}{prefix}/predictions?cursor="
-        more = start + _PAGE < len(self.predictions)
+        link = f"{request.scheme}://{request.host}{prefix}/predictions?"
+        kept = {name: query[name] for name in _FILTERS if name in query}
+
+        def url(at: Cursor | None) -> str | None:
+            if at is None:
+                return None
+            return link + urlencode({**kept, "cursor": at.encode()})
+
+        lag, predictions, omit = self.list_lag, self.predictions, self.list_omits
+        results = []
+        for pid in page.ids:
+            p = predictions[pid]
+            seen = max(p.created, now - lag) if lag else now
+            results.append(self._render(request, p, seen, omit))
         return _json(
-            {
-                "next": f"{link}{start + _PAGE}" if more else None,
-                "previous": f"{link}{max(0, start - _PAGE)}" if start else None,
-                "results": [self._render(request, p, now) for p in page],
-            }
+            {"next": url(page.next), "previous": url(page.previous), "results": results}
         )
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

@@ -10,11 +10,15 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import math
 import time
 import zlib
+from collections.abc import Collection
 from typing import Any, Final
 
 import attrs
+
+from ._progress import progress_logs
 
 DEFAULT_ERROR: Final = (
     "E1001 Model Out of Memory: CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -49,6 +53,8 @@ class Prediction:
     logs: str
     extra: dict[str, Any] | None
     canceled_at: float | None = None
+    #: Steps of a tqdm progress bar printed while processing; 0: none.
+    steps: int = 0
 
     def timeline(self, now: float) -> tuple[str, float | None, float | None]:
         """Return ``(status, started, completed)`` at monotonic time *now*.
@@ -70,10 +76,47 @@ class Prediction:
             return "processing", start, None
         return self.outcome, None if aborted else start, end
 
+    def logs_at(self, now: float, started: float, completed: float | None) -> str:
+        """The logs at *now* of a prediction that started at *started*."""
+        if not self.steps:
+            return self.logs
+        end = now if completed is None else min(now, completed)
+        bar = progress_logs(self.steps, self.duration, end - started)
+        return self.logs + bar
+
     def cancel(self, now: float) -> None:
         """Cancel at *now* unless the prediction is already final then."""
         if self.canceled_at is None and now < self.created + self.queue + self.duration:
             self.canceled_at = now
+
+
+@attrs.frozen
+class Timeline:
+    """When a scripted prediction was, or will be, created, started and done.
+
+    Times are seconds of the server's (monotonic) clock, as scripted: what
+    happens to the prediction whatever the clients do, a cancel that already
+    came taken into account.
+
+    Attributes:
+        created: When it was created (it is listed and served from then on).
+        started: When it started processing; ``None`` if it never does
+            (aborted, or cancelled while starting).
+        completed: When it reached its final status.
+        status: That final status.
+    """
+
+    created: float
+    started: float | None
+    completed: float
+    status: str
+
+    @classmethod
+    def of(cls, p: Prediction) -> Timeline:
+        """The timeline of *p* as scripted (and cancelled) so far."""
+        status, started, completed = p.timeline(math.inf)
+        assert completed is not None  # every script ends
+        return cls(p.created, started, completed, status)
 
 
 def file_name(index: int) -> str:
@@ -127,6 +170,7 @@ def render(
     origin: str,
     gateway: bool,
     retention: float | None,
+    omit: Collection[str] = (),
 ) -> dict[str, Any]:
     """Build the JSON object a GET of *p* answers at monotonic time *now*.
 
@@ -138,6 +182,7 @@ def render(
         gateway: Answer as DeerAPI/CometAPI do (``version: "hidden"``).
         retention: Seconds after completion when input, output and logs are
             removed (``data_removed: true``); ``None``: never.
+        omit: Top-level keys to leave out (list items lack some).
     """
     status, started, completed = p.timeline(now)
     style = zlib.crc32(p.id.encode()) % 3
@@ -169,7 +214,9 @@ def render(
         "model": p.model,
         "version": "hidden" if gateway else version_hash(p.model),
         "input": {} if removed else p.input,
-        "logs": "" if started is None or removed else p.logs,
+        "logs": ""
+        if started is None or removed or "logs" in omit
+        else p.logs_at(now, started, completed),
         "output": output,
         "data_removed": removed,
         "error": error,
@@ -192,4 +239,6 @@ def render(
     }
     if p.extra:
         record.update(p.extra)
+    for key in omit:
+        record.pop(key, None)
     return record

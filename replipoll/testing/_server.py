@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -13,13 +14,16 @@ from aiohttp import web
 
 from ._faults import Fault, FaultPlan
 from ._http import Api, ErrorStyle
-from ._records import MISSING, Prediction, render, served_file
+from ._listing import CreatedIndex
+from ._records import MISSING, Prediction, Timeline, render, served_file
 from ._stats import ServerStats
 
 #: The key a :class:`FakeReplicate` accepts unless told otherwise.
 DEFAULT_API_KEY: Final = "test-key"
 
 _frozen: Final = attrs.setters.frozen
+#: What list items lack by default (seen missing from Replicate's list).
+LIST_OMITS: Final = frozenset({"logs", "version"})
 # Maps random bytes onto lowercase base32 (a-z, 2-7), the alphabet of
 # Replicate's ids; 256 is a multiple of 32, so every letter is as likely.
 _ID_TABLE: Final = bytes(
@@ -60,6 +64,11 @@ class FakeReplicate:
             the client had sent them before the 429 could reach it.  Keep it
             at 0 for a client with one request open at a time; a few tens of
             milliseconds cover the requests a concurrent client has in flight.
+        list_lag: Seconds by which list items lag: an item shows its
+            prediction as it was that long ago (never before its creation),
+            while ``GET /predictions/{id}`` shows it as it is.
+        list_omits: Top-level keys list items leave out (default: ``logs``
+            and ``version``); ``frozenset()`` serves full records.
 
     Endpoints, under both ``/v1`` and ``/replicate/v1``:
 
@@ -70,7 +79,14 @@ class FakeReplicate:
       ``replipoll_duration`` (1) and ``replipoll_outcome`` (``succeeded``).
       ``Prefer: wait`` is accepted but not waited on: the answer comes at
       once, as the API allows, usually still ``processing``.
-    - ``GET /predictions?cursor=N``: 100 a page, newest first.
+    - ``GET /predictions``: every prediction created so far, newest first,
+      100 a page, ``{"next", "previous", "results"}``; ``created_after``
+      (inclusive) and ``created_before`` (exclusive) take ISO 8601
+      date-times; ``cursor`` is an opaque keyset cursor from ``next`` or
+      ``previous`` (pages do not shift as predictions are created);
+      ``source=web`` answers no results.  Items lack *list_omits* and lag
+      by *list_lag*.  A bad date or cursor is a 400.  See
+      :doc:`/list-endpoint`.
 
     And without a key: ``GET /files/{id}/out-{i}.bin``, the output files.
 
@@ -108,8 +124,18 @@ class FakeReplicate:
     retention: float | None = attrs.field(
         default=None, kw_only=True, on_setattr=_frozen
     )
+    list_lag: float = attrs.field(
+        default=0.0,
+        kw_only=True,
+        validator=attrs.validators.ge(0.0),
+        on_setattr=_frozen,
+    )
+    list_omits: frozenset[str] = attrs.field(
+        default=LIST_OMITS, kw_only=True, converter=frozenset, on_setattr=_frozen
+    )
 
     _predictions: dict[str, Prediction] = attrs.field(init=False, factory=dict)
+    _index: CreatedIndex = attrs.field(init=False, factory=CreatedIndex)
     _rng: random.Random = attrs.field(init=False)
     _faults: FaultPlan = attrs.field(init=False)
     _api: Api = attrs.field(init=False)
@@ -123,6 +149,7 @@ class FakeReplicate:
         epoch = time.time() if self._epoch is None else self._epoch
         self._api = Api(
             predictions=self._predictions,
+            index=self._index,
             add_prediction=self.add_prediction,
             faults=self._faults,
             clock=self._clock,
@@ -133,6 +160,8 @@ class FakeReplicate:
             latency=self.latency,
             retention=self.retention,
             early_grace=self.early_grace,
+            list_lag=self.list_lag,
+            list_omits=self.list_omits,
         )
         self._app = self._api.build_app()
 
@@ -224,8 +253,10 @@ class FakeReplicate:
         model: str = "owner/model",
         logs: str = "",
         extra: Mapping[str, Any] | None = None,
+        progress_steps: int | None = None,
+        created: float | None = None,
     ) -> str:
-        """Script a prediction, created now; return its id.
+        """Script a prediction, created now (or at *created*); return its id.
 
         It is ``starting`` for *queue* seconds, ``processing`` for *duration*
         seconds, then *outcome* for ever (unless cancelled first).
@@ -247,32 +278,56 @@ class FakeReplicate:
             logs: Logs shown once the prediction started.
             extra: Extra top-level fields (say ``{"x_gateway": {...}}``) for
                 clients that must keep fields they do not know.
+            progress_steps: Print a tqdm progress bar of this many steps
+                after *logs* while processing, a line every few steps, each
+                as tqdm draws it when its step ends; the bar takes the run
+                but its last tenth (at most half a second of
+                post-processing after 100%).  Nothing is stored per line:
+                the logs are computed from the time on each GET.
+            created: When it is created, in seconds of the server's clock;
+                default: now.  Until then the API knows nothing of it (a
+                GET is a 404, the list leaves it out).
 
         Raises:
-            ValueError: The id is taken or contains ``/``, or a number is negative.
+            ValueError: The id is taken or contains ``/``, a number is
+                negative, or *created* is not finite.
         """
         if id is None:
             id = self._new_id()
         elif not id or "/" in id or id in self._predictions:
             raise ValueError(f"unusable or duplicate prediction id {id!r}")
-        if min(queue, duration, n_files, file_size) < 0:
-            raise ValueError("queue, duration, n_files and file_size must be >= 0")
-        self._predictions[id] = Prediction(
-            id,
-            self._clock(),
-            queue,
-            duration,
-            outcome,
-            output,
-            n_files,
-            file_size,
-            error,
-            dict(input) if input else {},
-            model,
-            logs,
-            dict(extra) if extra else None,
+        steps = progress_steps or 0
+        if min(queue, duration, n_files, file_size, steps) < 0:
+            raise ValueError(
+                "queue, duration, n_files, file_size and progress_steps must be >= 0"
+            )
+        if created is not None and not math.isfinite(created):
+            raise ValueError(f"created must be a finite time, not {created!r}")
+        return self._script(
+            Prediction(
+                id,
+                self._clock() if created is None else created,
+                queue,
+                duration,
+                outcome,
+                output,
+                n_files,
+                file_size,
+                error,
+                dict(input) if input else {},
+                model,
+                logs,
+                dict(extra) if extra else None,
+                None,
+                steps,
+            )
         )
-        return id
+
+    def _script(self, p: Prediction) -> str:
+        """Add *p* as it is (checked, and its id free; the workload shares inputs)."""
+        self._index.add(p.created, p.id)
+        self._predictions[p.id] = p
+        return p.id
 
     def add_predictions(
         self,
@@ -376,6 +431,9 @@ class FakeReplicate:
     def prediction_state(self, prediction_id: str) -> dict[str, Any]:
         """Return the JSON a ``/v1`` GET of *prediction_id* would answer now.
 
+        A prediction created later (``created=``) is shown ``starting``,
+        though the API answers 404 for it until then.
+
         Raises:
             KeyError: No such prediction.
         """
@@ -387,6 +445,28 @@ class FakeReplicate:
             gateway=False,
             retention=self.retention,
         )
+
+    def now(self) -> float:
+        """Return the server's clock reading (what :meth:`timeline` counts in)."""
+        return self._clock()
+
+    def timeline(self, prediction_id: str) -> Timeline:
+        """Return when *prediction_id* is created, starts and completes.
+
+        Seconds of the server's clock, as scripted: a benchmark's detection
+        delay is when its client saw the final status less
+        ``timeline(pid).completed`` (on the same clock).
+
+        Raises:
+            KeyError: No such prediction.
+
+        Example:
+            >>> from replipoll.testing import FakeClock
+            >>> server = FakeReplicate(clock=FakeClock(10.0))
+            >>> server.timeline(server.add_prediction(queue=1, duration=2))
+            Timeline(created=10.0, started=11.0, completed=13.0, status='succeeded')
+        """
+        return Timeline.of(self._predictions[prediction_id])
 
     def file_content(self, prediction_id: str, name: str) -> bytes:
         """Return the bytes ``/files/{prediction_id}/{name}`` serves.

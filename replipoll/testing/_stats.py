@@ -31,6 +31,8 @@ class ServerStats:
         total_requests: Every request received, files and unknown paths included.
         requests_per_id: API requests (GET and cancel) per prediction id.
         cancel_requests: Cancel requests per prediction id.
+        list_requests: List requests (``GET /predictions``), every one that
+            arrived: those a fault answered or a wrong key refused too.
         in_flight: API requests being handled right now.
         peak_in_flight: Highest :attr:`in_flight` seen.  Handlers answer
             without pausing, so requests overlap only while a ``latency`` or a
@@ -52,6 +54,7 @@ class ServerStats:
     total_requests: int = 0
     requests_per_id: Counter[str] = attrs.Factory(Counter)
     cancel_requests: Counter[str] = attrs.Factory(Counter)
+    list_requests: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
     early_requests: int = 0
