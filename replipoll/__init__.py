@@ -39,6 +39,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
+from ._learn import LearnedPolicy, Progress, parse_progress
 from ._manager import PollManager, PollResult, PollStats
 from ._models import (
     TERMINAL_STATUSES,
@@ -71,6 +72,7 @@ __all__ = [
     "GatewayError",
     "HTTPStatusError",
     "InvalidPredictionIdError",
+    "LearnedPolicy",
     "ManagerClosedError",
     "MismatchedIdError",
     "MissingAPIKeyError",
@@ -83,6 +85,7 @@ __all__ = [
     "Prediction",
     "PredictionMetrics",
     "PredictionUrls",
+    "Progress",
     "Provider",
     "RateBudget",
     "RateLimitedError",
@@ -98,6 +101,7 @@ __all__ = [
     "Timeouts",
     "TransportError",
     "__version__",
+    "parse_progress",
     "save_outputs",
 ]
 

@@ -13,6 +13,8 @@ import asyncio
 import functools
 import os
 import time
+from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import Final, Self
 
@@ -26,8 +28,10 @@ from ._errors import (
     RequestError,
     RequestTimeoutError,
 )
+from ._hints import ServerHints
 from ._models import Prediction
 from ._options import check_at_least, check_positive
+from ._pages import PredictionPage, list_request
 from ._providers import Provider, Timeouts, get_provider
 from ._retry import RetryPolicy, call_with_retries
 from ._sansio import ApiRequest, Redactor, normalize_base_url
@@ -108,6 +112,7 @@ class Client:
 
     __slots__ = (
         "_budget",
+        "_hints",
         "_key_env",
         "_provider",
         "_retry",
@@ -168,6 +173,8 @@ class Client:
         self._timeouts = timeouts if timeouts is not None else preset.timeouts
         self._retry = retry if retry is not None else RetryPolicy()
         self._budget = RateBudget(rate=rate_limit, burst=burst)
+        # The pace hints of the latest answer (read as each request returns).
+        self._hints = ServerHints()
         self._transport = Transport.for_api(
             base,
             key,
@@ -263,6 +270,45 @@ class Client:
             failed=failed,
         )
 
+    async def list_predictions(
+        self,
+        *,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> AsyncIterator[Prediction]:
+        """Yield the account's predictions, newest first (``GET predictions``).
+
+        Replicate serves the whole account's predictions (API and web), 100
+        a page; this follows the pages to the end, each page retried like a
+        :meth:`get`. Items are slimmer than a :meth:`get` (``logs`` and
+        ``version`` may be missing). The gateways do not document this
+        endpoint: expect a :class:`NotFoundError` there.
+
+        Args:
+            created_after: Only predictions created at or after this time.
+            created_before: Only predictions created before this time.
+
+        Raises:
+            RequestError: a subclass saying what failed, after retries.
+        """
+        next_query: str | None = None
+        while True:
+            request = list_request(
+                created_after=created_after,
+                created_before=created_before,
+                next_query=next_query,
+            )
+            page = await call_with_retries(
+                functools.partial(self._attempt_page, request),
+                self._retry,
+                what="the list of predictions",
+            )
+            for record in page.results:
+                yield record
+            next_query = page.next_query
+            if next_query is None or not page.results:
+                return
+
     async def cancel(self, prediction_id: str) -> Prediction:
         """Cancel a prediction: ``POST {base_url}/predictions/{id}/cancel``.
 
@@ -326,28 +372,52 @@ class Client:
         """One attempt of :meth:`get`: this client's budget, then the request."""
         budget = self._budget
         if not budget.try_acquire(time.monotonic()):  # no await when a slot is free
-            if within is None:
-                await budget.acquire()
-            else:
-                started = time.monotonic()
-                try:
-                    async with asyncio.timeout(within):
-                        await budget.acquire()
-                except TimeoutError:
-                    failure = RequestTimeoutError(
-                        "the retry policy's timeout passed while waiting for "
-                        "the rate budget",
-                        method=request.method,
-                        url=f"{self.base_url}/{request.path}",
-                    )
-                    raise failure from None
-                within -= time.monotonic() - started
+            within = await self._wait_for_slot(request, within)
         # (What _exchange does, without one more coroutine on every call.)
+        hints = self._hints
         try:
-            return await self._transport.api(request, self._timeouts, within=within)
+            record = await self._transport.api(
+                request, self._timeouts, within=within, hints=hints
+            )
         except HTTPStatusError as error:
             self._pause(error, budget, self._retry)
             raise
+        if hints.reset is not None:
+            self._heed(hints, budget, self._retry)
+        return record
+
+    async def _wait_for_slot(
+        self, request: ApiRequest, within: float | None
+    ) -> float | None:
+        """Wait for a slot of this client's budget; return what is left of ``within``.
+
+        Raises:
+            RequestTimeoutError: ``within`` passed first.
+        """
+        budget = self._budget
+        if within is None:
+            await budget.acquire()
+            return None
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(within):
+                await budget.acquire()
+        except TimeoutError:
+            failure = RequestTimeoutError(
+                "the retry policy's timeout passed while waiting for the rate budget",
+                method=request.method,
+                url=f"{self.base_url}/{request.path}",
+            )
+            raise failure from None
+        return within - (time.monotonic() - started)
+
+    async def _attempt_page(
+        self, request: ApiRequest, within: float | None
+    ) -> PredictionPage:
+        """One attempt of a list page: this client's budget, then the request."""
+        if not self._budget.try_acquire(time.monotonic()):
+            within = await self._wait_for_slot(request, within)
+        return await self._exchange_page(request, self._budget, within, self._retry)
 
     async def _exchange(
         self,
@@ -355,22 +425,72 @@ class Client:
         budget: RateBudget,
         within: float | None,
         retry: RetryPolicy,
+        hints: ServerHints | None = None,
     ) -> Prediction:
         """Send one request now (the caller took its budget slot); no retries.
 
         The interface the :class:`~replipoll.PollManager` polls through. A
         ``Retry-After`` on a 429 or a 503 that ``retry`` honours pauses
         ``budget`` and this client's own (the limit is per key); one it
-        refuses pauses nothing (that request fails, the others go on).
+        refuses pauses nothing (that request fails, the others go on). The
+        rate-limit headers of a success slow both budgets down to what the
+        server says is left (see :meth:`RateBudget.heed`); ``hints`` (the
+        caller's, else this client's) holds them, and a suggested poll
+        interval, when this returns.
 
         Raises:
             RequestError: a subclass saying what failed; ``attempts`` is 1.
         """
+        if hints is None:
+            hints = self._hints
         try:
-            return await self._transport.api(request, self._timeouts, within=within)
+            record = await self._transport.api(
+                request, self._timeouts, within=within, hints=hints
+            )
         except HTTPStatusError as error:
             self._pause(error, budget, retry)
             raise
+        if hints.reset is not None:
+            self._heed(hints, budget, retry)
+        return record
+
+    async def _exchange_page(
+        self,
+        request: ApiRequest,
+        budget: RateBudget,
+        within: float | None,
+        retry: RetryPolicy,
+        hints: ServerHints | None = None,
+    ) -> PredictionPage:
+        """:meth:`_exchange` for a page of ``GET predictions``.
+
+        Raises:
+            RequestError: a subclass saying what failed; ``attempts`` is 1.
+        """
+        if hints is None:
+            hints = self._hints
+        try:
+            page = await self._transport.api_page(
+                request, self._timeouts, within=within, hints=hints
+            )
+        except HTTPStatusError as error:
+            self._pause(error, budget, retry)
+            raise
+        if hints.reset is not None:
+            self._heed(hints, budget, retry)
+        return page
+
+    def _heed(self, hints: ServerHints, budget: RateBudget, retry: RetryPolicy) -> None:
+        """Slow ``budget`` and this client's to the server's rate-limit headers."""
+        remaining, reset = hints.remaining, hints.reset
+        if remaining is None or reset is None:
+            return
+        if remaining <= 0 and reset > retry.max_retry_after:
+            return  # a pause longer than the policy accepts: the 429s will say
+        now = time.monotonic()
+        budget.heed(remaining, reset, now)
+        if budget is not self._budget:
+            self._budget.heed(remaining, reset, now)
 
     def _pause(
         self, error: HTTPStatusError, budget: RateBudget, retry: RetryPolicy

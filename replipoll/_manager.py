@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import logging
 import math
 import time
@@ -33,6 +34,8 @@ from ._errors import (
     RateLimitedError,
     RequestError,
 )
+from ._hints import ServerHints
+from ._learn import LearnedPolicy
 from ._models import Prediction, Status
 from ._options import (
     check_at_least,
@@ -40,10 +43,12 @@ from ._options import (
     check_non_negative,
     check_positive,
 )
+from ._pages import PredictionPage
 from ._results import Diagnosis, PollResult, PollStats, StatusTally, SystemicWatch
 from ._retry import Retrying, RetryPolicy
 from ._sansio import ApiRequest
 from ._schedule import PollPolicy, RateBudget, TimerQueue, on_grid
+from ._sweep import Sweeper
 
 __all__ = ["PollManager", "PollResult", "PollStats"]
 
@@ -55,6 +60,10 @@ UpdateCallback = Callable[[Prediction], Awaitable[None] | None]
 #: Seconds the cancel of an id whose deadline passed may take, at most
 #: (``cancel_on_timeout``); it runs beside the manager, not in the id's time.
 CANCEL_DEADLINE: Final = 10.0
+
+#: Seconds: the longest poll interval a server's ``Retry-After`` on a
+#: successful answer is honoured for (a longer one is cut to this).
+MAX_POLL_AFTER: Final = 300.0
 
 #: Ids handled per turn of the event loop in bulk work (submitting a batch,
 #: ending ids whose polls or deadlines fall due together): a million ids must
@@ -90,6 +99,12 @@ async def _all_done(futures: Iterable[asyncio.Future[Prediction]]) -> None:
         await finished
 
 
+#: A page of a sweep for a worker to fetch, and where its answer goes.
+_PageJob = tuple[ApiRequest, asyncio.Future[PredictionPage]]
+#: An entry of the work queue: (rank, arrival, an id, a page or a stop).
+_Job = tuple[float, int, str | _PageJob | None]
+
+
 class _Track(asyncio.Future[Prediction]):
     """A tracked id: the future its awaiters share, and what polling needs.
 
@@ -106,6 +121,7 @@ class _Track(asyncio.Future[Prediction]):
         "id",
         "last",
         "manager",
+        "rank",
         "request",
         "retrying",
         "started",
@@ -123,6 +139,9 @@ class _Track(asyncio.Future[Prediction]):
     counted: str
     #: Told when the future is cancelled; None once the id has ended.
     manager: PollManager | None
+    #: Its place in the work queue: Unix seconds when it is expected to
+    #: end (when it was submitted, until that is known); lowest first.
+    rank: float
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the future; the manager stops polling its id."""
@@ -147,7 +166,12 @@ class PollManager:
         timeout: Seconds each id may take, from submission, to reach a
             terminal status; then it ends with :class:`~replipoll.PollTimeout`.
             ``None`` waits for ever. The same default as :meth:`Client.wait`.
-        policy: The poll schedule; :class:`PollPolicy` by default.
+        policy: The poll schedule. By default a :class:`LearnedPolicy`: it
+            polls like :class:`PollPolicy` until it has seen a model's
+            predictions finish, then near each one's expected finish (and
+            from a progress bar in the logs); it learns across every id of
+            this manager. Pass a :class:`PollPolicy` for a schedule that
+            does not learn.
         retry: What to retry and how long to wait; the client's by default.
             A retry waits in the schedule, without holding a worker.
         on_update: Called (sync or async) with each record whose status
@@ -178,6 +202,16 @@ class PollManager:
             status name (the error message still gives it): see
             :doc:`/performance`. A finished id's record is never kept: it
             goes to the id's future.
+
+        sweep: Follow unfinished ids through pages of the list endpoint
+            (``GET predictions``, 100 a page) rather than a ``GET`` per id:
+            ``None`` (the default) where a sweep measures cheaper, with 20
+            ids or more; ``True`` whenever the server serves the list;
+            ``False`` never. A server that does not serve it (the gateways)
+            gets per-id polling, said once in the log. See
+            :doc:`/explanation/sweeps`; :attr:`stats` says the mode.
+        sweep_interval: Seconds from the start of one sweep to the next, at
+            least (a sweep of many pages takes longer).
 
     Use it as ``async with``; on exit every poll still running is stopped and
     awaited, and every unfinished id ends with
@@ -210,13 +244,15 @@ class PollManager:
         rate_limit: float | None = None,
         burst: int = 10,
         timeout: float | None = DEFAULT_TIMEOUT,
-        policy: PollPolicy | None = None,
+        policy: PollPolicy | LearnedPolicy | None = None,
         retry: RetryPolicy | None = None,
         on_update: UpdateCallback | None = None,
         cancel_on_timeout: bool = False,
         coalesce: float = 0.2,
         stop_on_systemic: bool = False,
         keep_last: bool = True,
+        sweep: bool | None = None,
+        sweep_interval: float = 1.0,
     ) -> None:
         owner = "PollManager"
         if not isinstance(client, Client):
@@ -230,14 +266,26 @@ class PollManager:
         check_at_least(owner, "burst", burst, 1)
         check_positive(owner, "timeout", timeout, none=True)
         check_non_negative(owner, "coalesce", coalesce)
+        check_positive(owner, "sweep_interval", sweep_interval)
+        if sweep not in (None, True, False):
+            raise ConfigurationError(
+                f"{owner}: sweep must be None (where it measures cheaper), "
+                f"True or False, got {sweep!r}",
+                option="sweep",
+            )
         check_callable(owner, "on_update", on_update)
-        for option, value, kind in (
-            ("policy", policy, PollPolicy),
-            ("retry", retry, RetryPolicy),
+        for option, value, kind, named in (
+            (
+                "policy",
+                policy,
+                (PollPolicy, LearnedPolicy),
+                "a PollPolicy, a LearnedPolicy",
+            ),
+            ("retry", retry, (RetryPolicy,), "a RetryPolicy"),
         ):
             if value is not None and not isinstance(value, kind):
                 raise ConfigurationError(
-                    f"{owner}: {option} must be a {kind.__name__} or None, "
+                    f"{owner}: {option} must be {named} or None, "
                     f"got {type(value).__name__}",
                     option=option,
                 )
@@ -247,7 +295,9 @@ class PollManager:
             client.budget if rate_limit is None else RateBudget(rate_limit, burst)
         )
         self.timeout = timeout
-        self.policy = policy if policy is not None else PollPolicy()
+        self.policy: PollPolicy | LearnedPolicy = (
+            policy if policy is not None else LearnedPolicy()
+        )
         self.retry = retry if retry is not None else client.retry
         self.on_update = on_update
         self.cancel_on_timeout = cancel_on_timeout
@@ -259,7 +309,13 @@ class PollManager:
         # Deadlines are a queue of their own, so that they pass on time
         # whatever the workers are doing (all asleep in a Retry-After, say).
         self._deadlines = TimerQueue()
-        self._queue: asyncio.Queue[str | None] | None = None
+        # Due work, most urgent first: (rank, arrival, what). An id's rank
+        # is when it is expected to end (or was submitted): when requests
+        # cannot keep up, the ids likeliest to have ended long ago, nearest
+        # to losing their outputs, go first. Pages and stops go before all.
+        self._queue: asyncio.PriorityQueue[_Job] | None = None
+        self._arrivals = itertools.count()
+        self._sweeping: asyncio.Task[None] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -275,6 +331,12 @@ class PollManager:
         self._submitted = 0
         self._requests = self._retries = self._throttled = 0
         self._budget_wait = 0.0
+        self._hints = ServerHints()
+        self._sweeper = (
+            None
+            if sweep is False
+            else Sweeper(self, always=sweep is True, interval=sweep_interval)
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -295,16 +357,20 @@ class PollManager:
         assert self._loop is not None
         return self._loop
 
-    def _start(self) -> asyncio.Queue[str | None]:
+    def _start(self) -> asyncio.PriorityQueue[_Job]:
         if self._closed:
             raise RuntimeError("this PollManager is closed")
         if self._queue is None:
             self._loop = asyncio.get_running_loop()
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.PriorityQueue()
             self._workers = [
                 self._loop.create_task(self._work(), name=f"replipoll-worker-{n}")
                 for n in range(self.max_concurrency)
             ]
+            if self._sweeper is not None:
+                self._sweeping = self._loop.create_task(
+                    self._sweeper.run(), name="replipoll-sweeper"
+                )
         return self._queue
 
     async def close(self) -> None:
@@ -320,12 +386,15 @@ class PollManager:
             self._timer = None
         workers, self._workers = self._workers, []
         tasks = [*workers, *self._cancels]
+        if self._sweeping is not None:
+            tasks.append(self._sweeping)
+            self._sweeping = None
         self._cancels = set()
         for task in tasks:
             task.cancel()
         if self._queue is not None:
             for _ in workers:  # for a worker that lost its cancellation
-                self._queue.put_nowait(None)
+                self._queue.put_nowait((-math.inf, next(self._arrivals), None))
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         tracks = list(self._tracks.values())
@@ -378,6 +447,7 @@ class PollManager:
         track.last = None
         track.counted = "unknown"
         track.manager = self
+        track.rank = time.time()
         self._tracks[pid] = track
         if deadline < math.inf:
             self._deadlines.push(pid, deadline)
@@ -385,7 +455,11 @@ class PollManager:
                 self._arm(deadline)
         self._tally.count("unknown")
         self._submitted += 1
-        queue.put_nowait(pid)
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.takes_new():
+            sweeper.join_new(pid, now)  # found in the next sweep, no GET
+        else:
+            queue.put_nowait((track.rank, next(self._arrivals), pid))
         return track
 
     async def wait(self, prediction_id: str) -> Prediction:
@@ -505,6 +579,9 @@ class PollManager:
             retries=self._retries,
             throttled=self._throttled,
             budget_wait=self._budget_wait,
+            mode="per-id" if self._sweeper is None else self._sweeper.mode,
+            sweeps=0 if self._sweeper is None else self._sweeper.sweeps,
+            sweep_pages=0 if self._sweeper is None else self._sweeper.pages,
         )
 
     # -- scheduling ----------------------------------------------------------
@@ -566,10 +643,11 @@ class PollManager:
             track = tracks.get(pid)
             if track is not None:
                 self._time_out(track)
-        put = self._queue.put_nowait
+        put, arrivals = self._queue.put_nowait, self._arrivals
         for pid in self._polls.pop_due(now, _CHUNK):
-            if pid in tracks:
-                put(pid)
+            track = tracks.get(pid)
+            if track is not None:
+                put((track.rank, next(arrivals), pid))
         polls, deadlines = self._polls.next_due(), self._deadlines.next_due()
         if polls is not None or deadlines is not None:
             self._arm(min(t for t in (polls, deadlines) if t is not None))
@@ -583,12 +661,15 @@ class PollManager:
         this = asyncio.current_task()
         assert this is not None
         while True:
-            pid = await queue.get()
+            pid = (await queue.get())[2]
             if pid is None:
                 # close() cancelled this worker just as an aiohttp timeout
                 # fired, and aiohttp took the cancellation for its own
                 # timeout; the poll ended as usual. Stop all the same.
                 return
+            if not isinstance(pid, str):  # a page of a sweep
+                await self._page_job(pid)
+                continue
             track = self._tracks.get(pid)
             if track is None or track.done():
                 continue
@@ -643,7 +724,7 @@ class PollManager:
             pid = track.id
             request = track.request or ApiRequest("GET", f"predictions/{pid}", pid)
             prediction = await self.client._exchange(
-                request, budget, within, self.retry
+                request, budget, within, self.retry, self._hints
             )
         except RequestError as exc:
             self._in_flight -= 1
@@ -669,11 +750,107 @@ class PollManager:
             self._resolve(track, prediction)
         elif self._is_current(track):
             now = loop.time()
+            sweeper = self._sweeper
+            if sweeper is not None and sweeper.adopt(track, prediction, now):
+                return  # the sweeps report it from now on
             age = now - track.started
             policy = self.policy
             # Early onto the grid only as far as the policy's jitter goes.
-            due = now + policy.next_delay(age)
-            self._schedule(track, due, now, now + policy.shortest_delay(age))
+            if isinstance(policy, PollPolicy):
+                due = now + policy.next_delay(age)
+                earliest = now + policy.shortest_delay(age)
+            else:  # it knows the model: a time near the expected finish
+                wall = time.time()
+                due = now + policy.next_delay(prediction, age=age, now=wall)
+                earliest = now + policy.shortest_delay(prediction, age=age, now=wall)
+                finish = policy.expected_finish(prediction, now=wall)
+                if finish is not None:
+                    track.rank = finish
+            hinted = self._hints.poll_after
+            if hinted is not None:  # the server said when to ask again
+                due = earliest = max(due, now + min(hinted, MAX_POLL_AFTER))
+            self._schedule(track, due, now, earliest)
+
+    # -- what the sweeper calls -------------------------------------------------
+
+    async def _fetch_page(self, request: ApiRequest) -> PredictionPage:
+        """One page of ``GET predictions``, fetched by a worker.
+
+        Through the work queue, so that ``max_concurrency`` bounds the
+        pages in flight with the polls.
+
+        Raises:
+            RequestError: the page failed for good.
+        """
+        assert self._queue is not None
+        assert self._loop is not None
+        job: _PageJob = (request, self._loop.create_future())
+        self._queue.put_nowait((-math.inf, next(self._arrivals), job))
+        return await job[1]
+
+    async def _page_job(self, job: _PageJob) -> None:
+        request, future = job
+        try:
+            page = await self._page(request)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(page)
+
+    async def _page(self, request: ApiRequest) -> PredictionPage:
+        """One page: the budget, the request, retries within the worker.
+
+        Raises:
+            RequestError: the page failed for good.
+        """
+        assert self._loop is not None
+        budget, loop = self.budget, self._loop
+        retrying: Retrying | None = None
+        while True:
+            if not budget.try_acquire(time.monotonic()):
+                self._budget_wait += await budget.acquire()
+            self._requests += 1
+            self._in_flight += 1
+            if self._in_flight > self._peak:
+                self._peak = self._in_flight
+            sent = loop.time()
+            try:
+                return await self.client._exchange_page(
+                    request, budget, None, self.retry, self._hints
+                )
+            except RequestError as exc:
+                if isinstance(exc, RateLimitedError):
+                    self._throttled += 1
+                if retrying is None:
+                    retrying = self.retry.start(sent)
+                wait = retrying.next_wait(exc, loop.time(), what="the list")
+                if wait is None:
+                    raise
+                self._retries += 1
+            finally:
+                self._in_flight -= 1
+            await asyncio.sleep(wait)
+
+    async def _heard(self, track: _Track, prediction: Prediction) -> None:
+        """A record of ``track``'s id from a sweep: count it, resolve it."""
+        if not self._is_current(track):
+            return
+        try:
+            if self._observe(track, prediction):
+                await self._notify(prediction)
+        except Exception as exc:  # the callback raised: it ends the id
+            self._fail(track, exc)
+            return
+        if prediction.is_terminal:
+            self._resolve(track, prediction)
+
+    def _poll_now(self, track: _Track) -> None:
+        """Poll ``track``'s id with its own GET, at once."""
+        if self._is_current(track) and self._queue is not None:
+            self._polls.discard(track.id)
+            self._queue.put_nowait((track.rank, next(self._arrivals), track.id))
 
     def _failed_request(
         self, track: _Track, exc: RequestError, sent: float, now: float
@@ -780,6 +957,8 @@ class PollManager:
         """Stop tracking ``track``'s id: no more polls, no deadline."""
         del self._tracks[track.id]
         self._polls.discard(track.id)
+        if self._sweeper is not None:
+            self._sweeper.discard(track.id)
         self._deadlines.discard(track.id)
         track.manager = track.retrying = track.request = None
 
@@ -790,6 +969,9 @@ class PollManager:
 
     def _resolve(self, track: _Track, prediction: Prediction) -> None:
         if self._is_current(track):
+            policy = self.policy
+            if not isinstance(policy, PollPolicy):
+                policy.learn(prediction)
             self._forget(track)
             self._finished += 1
             track.last = None  # the result is the record

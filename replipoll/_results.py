@@ -88,6 +88,13 @@ class PollStats:
     throttled: int
     #: Seconds requests spent waiting for the rate budget, summed.
     budget_wait: float
+    #: ``"sweep"`` while pages of the list report the unfinished ids,
+    #: ``"per-id"`` while each is polled on its own.
+    mode: str = "per-id"
+    #: List sweeps completed.
+    sweeps: int = 0
+    #: Pages of the list fetched (counted in ``requests`` too).
+    sweep_pages: int = 0
 
 
 class StatusTally:

@@ -267,6 +267,42 @@ class RateBudget:
             # After a pause, spend the burst again rather than the backlog.
             self._tat = when
 
+    def heed(self, remaining: int, reset: float, now: float) -> None:
+        """Slow down to a server's word: ``remaining`` requests in ``reset`` seconds.
+
+        Never speeds up. With nothing left, nothing is handed out until the
+        reset (a pause). Otherwise, where the server's allowance is tighter
+        than ``rate``, the next slot comes no sooner than ``reset /
+        remaining`` seconds from ``now`` (each answer says it again, so the
+        requests go at the server's pace until it loosens). A budget
+        without a rate heeds only the pause.
+
+        Example:
+            >>> budget = RateBudget(rate=50, burst=1)
+            >>> budget.heed(remaining=10, reset=1.0, now=0.0)
+            >>> round(budget.next_free(now=0.0), 3)  # 10 in a second, not 50
+            0.1
+            >>> budget.heed(remaining=0, reset=5.0, now=0.0); budget.next_free(0.0)
+            5.0
+        """
+        if reset <= 0:
+            return
+        if remaining <= 0:
+            self.pause_until(now + reset)
+            return
+        rate = self._rate_at(now)
+        spacing = reset / remaining
+        if rate is None or spacing <= 1.0 / rate:
+            return
+        # The next request conforms once now >= TAT - (burst - 1) / rate.
+        tat = now + spacing + (self.burst - 1) / rate
+        if tat > self._tat:
+            self._tat = tat
+            if self._timer is not None and self._loop is not None:
+                self._timer.cancel()  # re-timed for the later slot
+                self._timer = None
+                self._arm(self.next_free(time.monotonic()))
+
     def is_paused(self, now: float) -> bool:
         """Whether a pause is still running at ``now``."""
         return now < self._paused_until

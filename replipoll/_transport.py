@@ -37,7 +37,9 @@ from ._errors import (
     ResponseTooLargeError,
     TransportError,
 )
+from ._hints import ServerHints
 from ._models import Prediction
+from ._pages import PredictionPage, decode_page
 from ._providers import Timeouts
 from ._sansio import (
     ApiRequest,
@@ -378,6 +380,7 @@ class Transport:
         timeouts: Timeouts,
         *,
         within: float | None = None,
+        hints: ServerHints | None = None,
     ) -> Prediction:
         """Send one API request, no retries; decode the answer into a record.
 
@@ -386,9 +389,58 @@ class Transport:
             timeouts: The per-request timeouts.
             within: Seconds the request may take at most, if fewer than
                 ``timeouts.total`` (a deadline of the caller's is near).
+            hints: Filled in with the pace hints of a successful answer
+                (read last: the caller finds them there when this returns).
 
         Raises:
             RequestError: a subclass saying what failed; the key is never in it.
+        """
+        status, headers, body, data, url = await self._send(request, timeouts, within)
+        record = decode_prediction(
+            status,
+            headers,
+            body,
+            data=data,
+            expected_id=request.prediction_id,
+            method=request.method,
+            url=url,
+            redact=self._redact,
+        )
+        if record.invalid:
+            self._report_misfits(record)
+        if hints is not None:
+            hints.read(headers, time.time())
+        return record
+
+    async def api_page(
+        self,
+        request: ApiRequest,
+        timeouts: Timeouts,
+        *,
+        within: float | None = None,
+        hints: ServerHints | None = None,
+    ) -> PredictionPage:
+        """Send one list request, no retries; decode the page of records.
+
+        Raises:
+            RequestError: a subclass saying what failed; a body that is not
+                a page is a :class:`~replipoll.DecodeError`.
+        """
+        status, headers, body, data, url = await self._send(request, timeouts, within)
+        page = decode_page(
+            status, headers, body, data=data, url=url, redact=self._redact
+        )
+        if hints is not None:
+            hints.read(headers, time.time())
+        return page
+
+    async def _send(
+        self, request: ApiRequest, timeouts: Timeouts, within: float | None
+    ) -> tuple[int, Mapping[str, str], bytes, Any, str]:
+        """Send ``request``; return a 2xx answer's status, headers, body, JSON, URL.
+
+        Raises:
+            RequestError: no answer, an answer too large, or one not 2xx.
         """
         headers = self._headers
         if headers is None:
@@ -457,19 +509,7 @@ class Transport:
         else:
             left = None if total is None else total - (time.monotonic() - started)
             data = await _parse_big(body, left, method=method, url=url)
-        record = decode_prediction(
-            status,
-            answer_headers,
-            body,
-            data=data,
-            expected_id=request.prediction_id,
-            method=method,
-            url=url,
-            redact=redact,
-        )
-        if record.invalid:
-            self._report_misfits(record)
-        return record
+        return status, answer_headers, body, data, url
 
     def _report_misfits(self, record: Prediction) -> None:
         """Log, once per field, a value that did not fit (kept in ``invalid``)."""
