@@ -673,6 +673,9 @@ class PollManager:
             track = self._tracks.get(pid)
             if track is None or track.done():
                 continue
+            sweeper = self._sweeper
+            if sweeper is not None and sweeper.claims(track, loop.time()):
+                continue  # the sweeps report it
             try:
                 await self._poll(track, loop)
             except Exception as exc:

@@ -192,6 +192,34 @@ class Sweeper:
         self._wake.set()
         return True
 
+    def claims(self, track: _Track, now: float) -> bool:
+        """Whether a due poll of ``track``'s id is the sweeps' job, not a GET.
+
+        True for a swept id, and for an id whose first GET is still due
+        while sweeps pay (it joins them: the next sweep finds it).
+        """
+        pid = track.id
+        if pid in self._known or pid in self._unknown:
+            return True
+        if track.counted == "unknown" and track.request is None and self.takes_new():
+            self.join_new(pid, now)
+            return True
+        return False
+
+    def _take_listed(self, pid: str, record: Prediction) -> bool:
+        """Sweep a tracked id found in a page, if it can be placed."""
+        if self._refused or self._paying is False:
+            return False
+        created = _wall(record.created_at)
+        if created is None or self._full_keys is None:
+            return False
+        track = self._manager._tracks[pid]
+        if track.request is not None:
+            return False
+        self._manager._polls.discard(pid)
+        self._known[pid] = created
+        return True
+
     def discard(self, pid: str) -> None:
         """The id ended: sweep it no more."""
         if self._known.pop(pid, None) is None:
@@ -249,16 +277,23 @@ class Sweeper:
             page = await manager._fetch_page(request)
             pages += 1
             self.pages += 1
+            tracks = manager._tracks
             for record in page.results:
-                if record.id in covered:
-                    seen.add(record.id)
+                pid = record.id
+                if pid in covered:
+                    seen.add(pid)
+                    await self._heard(record, loop)
+                elif pid in tracks and self._take_listed(pid, record):
+                    # A tracked id polled on its own (its first GET still
+                    # queued, say): the sweeps report it from now on.
+                    seen.add(pid)
                     await self._heard(record, loop)
             next_query = page.next_query
             if next_query is None or not page.results:
                 break
         self.sweeps += 1
         self._missed(covered - seen, loop.time())
-        ids = len(covered)
+        ids = len(seen)
         if self._always:
             self._paying = True
         elif ids >= self._min_ids or self._paying is not None:
