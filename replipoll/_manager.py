@@ -212,6 +212,13 @@ class PollManager:
             :doc:`/explanation/sweeps`; :attr:`stats` says the mode.
         sweep_interval: Seconds from the start of one sweep to the next, at
             least (a sweep of many pages takes longer).
+        full_records: Resolve an id that a sweep found finished with its
+            whole record: one ``GET`` where the list item lacks a field a
+            ``GET`` answers (Replicate's items lack ``logs``). ``False``
+            resolves it with the list item itself (``logs`` ``None``),
+            saving that request: when predictions finish faster than the
+            rate limit allows a ``GET`` each, the list items are what keeps
+            detection prompt.
 
     Use it as ``async with``; on exit every poll still running is stopped and
     awaited, and every unfinished id ends with
@@ -253,6 +260,7 @@ class PollManager:
         keep_last: bool = True,
         sweep: bool | None = None,
         sweep_interval: float = 1.0,
+        full_records: bool = True,
     ) -> None:
         owner = "PollManager"
         if not isinstance(client, Client):
@@ -304,6 +312,7 @@ class PollManager:
         self.coalesce = coalesce
         self.stop_on_systemic = stop_on_systemic
         self.keep_last = keep_last
+        self.full_records = full_records
         self._tracks: dict[str, _Track] = {}
         self._polls = TimerQueue()
         # Deadlines are a queue of their own, so that they pass on time
@@ -813,7 +822,7 @@ class PollManager:
         retrying: Retrying | None = None
         while True:
             if not budget.try_acquire(time.monotonic()):
-                self._budget_wait += await budget.acquire()
+                self._budget_wait += await budget.acquire(urgent=True)
             self._requests += 1
             self._in_flight += 1
             if self._in_flight > self._peak:
@@ -849,11 +858,16 @@ class PollManager:
         if prediction.is_terminal:
             self._resolve(track, prediction)
 
-    def _poll_now(self, track: _Track) -> None:
-        """Poll ``track``'s id with its own GET, at once."""
+    def _poll_now(self, track: _Track, *, first: bool = False) -> None:
+        """Poll ``track``'s id with its own GET, at once (``first``: before others).
+
+        A ``first`` one is an id known to be finished: its record is worth
+        more than any poll that may find nothing.
+        """
         if self._is_current(track) and self._queue is not None:
             self._polls.discard(track.id)
-            self._queue.put_nowait((track.rank, next(self._arrivals), track.id))
+            rank = 0.0 if first else track.rank
+            self._queue.put_nowait((rank, next(self._arrivals), track.id))
 
     def _failed_request(
         self, track: _Track, exc: RequestError, sent: float, now: float

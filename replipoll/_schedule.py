@@ -219,8 +219,11 @@ class RateBudget:
         self._take(now)
         return True
 
-    async def acquire(self) -> float:
+    async def acquire(self, *, urgent: bool = False) -> float:
         """Wait for a slot, in arrival order; return the seconds waited.
+
+        An ``urgent`` request waits at the head of the line instead (a page
+        of a sweep, which reports a hundred ids, before a single poll).
 
         Reads ``time.monotonic()``, the clock of asyncio's event loops. One
         timer serves all waiters. When it fires, it wakes as many waiters at
@@ -240,7 +243,10 @@ class RateBudget:
             # gone; its timer would never fire here.
             self._forget(loop)
         waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
+        if urgent:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         if self._timer is None and not self._woken:
             self._arm(self.next_free(start))
         try:

@@ -206,9 +206,22 @@ class Sweeper:
             return True
         return False
 
+    def _complete(self, record: Prediction) -> bool:
+        """Whether a terminal list item may resolve its id as it is."""
+        if not self._manager.full_records:
+            return True
+        keys = self._full_keys
+        return keys is not None and keys.issubset(record.raw)
+
     def _take_listed(self, pid: str, record: Prediction) -> bool:
-        """Sweep a tracked id found in a page, if it can be placed."""
+        """Sweep a tracked id found in a page, if it can be placed.
+
+        Not one that ended and needs a GET for its whole record: its own
+        poll (due, or queued) fetches it.
+        """
         if self._refused or self._paying is False:
+            return False
+        if record.is_terminal and not self._complete(record):
             return False
         created = _wall(record.created_at)
         if created is None or self._full_keys is None:
@@ -329,12 +342,11 @@ class Sweeper:
                 return
             self._known[pid] = created
         if record.is_terminal:
-            keys = self._full_keys
-            if keys is not None and keys.issubset(record.raw):
+            if self._complete(record):
                 await manager._heard(track, record)
-            else:  # a slim item: one GET for the whole record
+            else:  # a slim item: one GET for the whole record, first in line
                 self.discard(pid)
-                manager._poll_now(track)
+                manager._poll_now(track, first=True)
             return
         await manager._heard(track, record)
 
