@@ -95,9 +95,12 @@ def _schedule_trouble(
 ) -> None:
     loop = asyncio.get_running_loop()
     server.set_chaos(0.03, CHAOS_KINDS, seed=seed)
-    # A 429 storm: every request gets 429 + Retry-After until n/6 were sent.
+    # A 429 storm: every request gets 429 + Retry-After until n/6 were sent,
+    # or for two seconds (a limit resets with time, however few requests
+    # come: a PollManager sweeping the list sends few).
     storm = Fault.rate_limited(max(0.1, round(1.0 * scale, 2)))
     loop.call_later(2.5 * scale, lambda: server.add_fault(storm, times=max(1, n // 6)))
+    loop.call_later(2.5 * scale + 2.0, lambda: server.remove_fault(storm))
     # A slow gateway: the next n/3 answers each take 0.8 s.
     slow = Fault.slow(0.8 * scale)
     loop.call_later(5.0 * scale, lambda: server.add_fault(slow, times=max(1, n // 3)))
@@ -155,6 +158,8 @@ async def run_demo(
         "peak requests in flight": str(stats.peak_in_flight),
         "wall time": f"{elapsed:.1f}s",
     }
+    if stats.sweeps:
+        figures["list sweeps"] = f"{stats.sweeps} ({stats.sweep_pages} pages)"
     return DemoResult(tally.snapshot(), figures)
 
 

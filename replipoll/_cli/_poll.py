@@ -75,6 +75,8 @@ class BatchRun:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    sweeps: int = 0
+    sweep_pages: int = 0
     diagnosis: Diagnosis | None = None
     not_sent: int = 0
 
@@ -125,6 +127,10 @@ class BatchRun:
             "429s honoured": str(self.throttled),
             "wall time": f"{time.monotonic() - self.started:.1f}s",
         }
+        if self.sweeps:
+            figures["list sweeps"] = (
+                f"{self.sweeps} ({self.sweep_pages} pages, counted in requests)"
+            )
         if self.done_before:
             figures["from earlier runs"] = f"{len(self.done_before)} (counted above)"
         if self.not_sent:
@@ -170,7 +176,12 @@ async def run_batch(
         async with manager:
             if console is not None:
                 async with live_progress(
-                    console, run.tally, len(run.ids), "polling", paused=paused
+                    console,
+                    run.tally,
+                    len(run.ids),
+                    "polling",
+                    paused=paused,
+                    mode=lambda: manager.stats.mode,
                 ):
                     await _drain(run, manager, ids, stdout, console)
             else:
@@ -182,6 +193,7 @@ async def run_batch(
             stats.retries,
             stats.throttled,
         )
+        run.sweeps, run.sweep_pages = stats.sweeps, stats.sweep_pages
         run.diagnosis = manager.diagnosis
 
 

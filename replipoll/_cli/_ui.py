@@ -197,6 +197,7 @@ async def live_progress(
     description: str,
     *,
     paused: Callable[[], float] | None = None,
+    mode: Callable[[], str] | None = None,
 ) -> AsyncIterator[None]:
     """Show a status bar for ``tally`` on ``console`` while the block runs.
 
@@ -208,6 +209,9 @@ async def live_progress(
         description: What is going on (``"polling"``).
         paused: Seconds until requests may go again (0: not paused); while
             positive, the description becomes a countdown.
+        mode: The manager's mode (:attr:`PollStats.mode`); while
+            ``"sweep"``, the description says that pages of the list
+            report the ids.
     """
     progress = _TwoLineProgress(
         SpinnerColumn(),
@@ -233,12 +237,12 @@ async def live_progress(
         counts = tally.snapshot()
         wait = paused() if paused is not None else 0.0
         progress.legend = legend(counts)
-        progress.update(
-            task,
-            completed=tally.finished,
-            counts=counts,
-            description=pause_note(wait) if wait > 0 else label,
-        )
+        text = label
+        if wait > 0:
+            text = pause_note(wait)
+        elif mode is not None and mode() == "sweep":
+            text = f"{label}, sweeping the list"
+        progress.update(task, completed=tally.finished, counts=counts, description=text)
 
     async def tick() -> None:
         while True:

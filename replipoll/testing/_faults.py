@@ -459,6 +459,10 @@ class FaultPlan:
             raise ValueError(f"Fault.{fault.kind} applies to API requests, not files")
         self._armed.append(_Armed(fault, prediction_id, files, times))
 
+    def remove(self, fault: Fault) -> None:
+        """Drop the queued entries of *fault*, whatever they have left."""
+        self._armed[:] = [armed for armed in self._armed if armed.fault != fault]
+
     def clear(self) -> None:
         """Drop queued faults and turn chaos off."""
         self._armed.clear()

@@ -380,6 +380,14 @@ class FakeReplicate:
         self._check(fault)
         self._faults.add(fault, prediction_id, times, files)
 
+    def remove_fault(self, fault: Fault) -> None:
+        """Stop injecting *fault* (every :meth:`add_fault` of it), now.
+
+        A fault that should last for a while rather than a number of
+        requests: add it with ``times=None``, remove it later.
+        """
+        self._faults.remove(fault)
+
     def clear_faults(self) -> None:
         """Forget the faults added with :meth:`add_fault` and turn chaos off."""
         self._faults.clear()
