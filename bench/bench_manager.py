@@ -86,7 +86,7 @@ async def poll_all(
     async with (
         replipoll.Client(base_url=base_url, api_key=API_KEY) as client,
         replipoll.PollManager(
-            client, max_concurrency=CONCURRENCY, **options
+            client, max_concurrency=CONCURRENCY, sweep=False, **options
         ) as manager,
     ):
         wall, start = time.perf_counter(), cpu()

@@ -56,6 +56,7 @@ async def saturate(
             client,
             rate_limit=rate,
             burst=burst,
+            sweep=False,
             policy=replipoll.PollPolicy.fixed(0.5),
             max_concurrency=32,
         ) as manager,

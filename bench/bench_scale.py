@@ -89,7 +89,10 @@ async def memory(n: int) -> dict[str, Any]:
             answered.set()
 
     manager = replipoll.PollManager(
-        client, policy=replipoll.PollPolicy.fixed(3600), on_update=first_answer
+        client,
+        policy=replipoll.PollPolicy.fixed(3600),
+        on_update=first_answer,
+        sweep=False,
     )
     async with manager:
         for i, pid in enumerate(ids):
@@ -152,7 +155,12 @@ async def steady(
     async with (
         client,
         replipoll.PollManager(
-            client, rate_limit=rate, burst=10, policy=policy, timeout=None
+            client,
+            rate_limit=rate,
+            burst=10,
+            policy=policy,
+            timeout=None,
+            sweep=False,
         ) as manager,
     ):
         for pid in ids[:n]:
@@ -286,6 +294,7 @@ async def million(
             policy=policy,
             timeout=None,
             keep_last=False,
+            sweep=False,
             on_update=first_answer,
         ) as manager,
     ):

@@ -400,7 +400,10 @@ async def _real(
                     base_url=base_url, api_key=API_KEY, session=polling
                 ) as client,
                 replipoll.PollManager(
-                    client, policy=scaled(policy, scale), coalesce=grid(name) * scale
+                    client,
+                    policy=scaled(policy, scale),
+                    coalesce=grid(name) * scale,
+                    sweep=False,
                 ) as manager,
             ):
                 resolved: dict[str, float] = {}
