@@ -139,8 +139,9 @@ class _Track(asyncio.Future[Prediction]):
     counted: str
     #: Told when the future is cancelled; None once the id has ended.
     manager: PollManager | None
-    #: Its place in the work queue: Unix seconds when it is expected to
-    #: end (when it was submitted, until that is known); lowest first.
+    #: Its place in the work queue, lowest first: 0 until its first answer,
+    #: then Unix seconds when it is expected to end (when it was created,
+    #: until that is known).
     rank: float
 
     def cancel(self, msg: Any | None = None) -> bool:
@@ -318,10 +319,11 @@ class PollManager:
         # Deadlines are a queue of their own, so that they pass on time
         # whatever the workers are doing (all asleep in a Retry-After, say).
         self._deadlines = TimerQueue()
-        # Due work, most urgent first: (rank, arrival, what). An id's rank
-        # is when it is expected to end (or was submitted): when requests
-        # cannot keep up, the ids likeliest to have ended long ago, nearest
-        # to losing their outputs, go first. Pages and stops go before all.
+        # Due work, most urgent first: (rank, arrival, what). Pages and
+        # stops go before all, then first GETs and the GETs of ids a sweep
+        # found finished, then polls by when each id is expected to end (or
+        # was created): when requests cannot keep up, the ids likeliest to
+        # have ended long ago, nearest to losing their outputs, go first.
         self._queue: asyncio.PriorityQueue[_Job] | None = None
         self._arrivals = itertools.count()
         self._sweeping: asyncio.Task[None] | None = None
@@ -456,7 +458,7 @@ class PollManager:
         track.last = None
         track.counted = "unknown"
         track.manager = self
-        track.rank = time.time()
+        track.rank = 0.0  # not seen yet: its first GET goes first
         self._tracks[pid] = track
         if deadline < math.inf:
             self._deadlines.push(pid, deadline)
@@ -767,6 +769,8 @@ class PollManager:
                 return  # the sweeps report it from now on
             age = now - track.started
             policy = self.policy
+            if track.rank == 0.0:
+                track.rank = _created(prediction)
             # Early onto the grid only as far as the policy's jitter goes.
             if isinstance(policy, PollPolicy):
                 due = now + policy.next_delay(age)
@@ -1006,6 +1010,17 @@ class PollManager:
                 # Retrieved: the error reaches every awaiter, and asyncio
                 # need not log it for a future that nobody awaits.
                 track.exception()
+
+
+def _created(prediction: Prediction) -> float:
+    """When ``prediction`` was created, in Unix seconds; now if it does not say."""
+    created = prediction.created_at
+    if created is not None:
+        try:
+            return created.timestamp()
+        except (OverflowError, OSError, ValueError):  # a year 1 or 9999
+            pass
+    return time.time()
 
 
 def _say_undocumented(name: str, prediction_id: str) -> None:

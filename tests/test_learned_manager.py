@@ -57,3 +57,40 @@ async def test_another_model_keeps_the_clock_until_it_is_learnt(
         await asyncio.wait_for(manager.wait(other), 10)
     assert policy.samples("acme/b") == 1
     assert fake_replicate.stats.requests_per_id[other] >= 8
+
+
+async def test_a_short_budget_serves_the_oldest_predictions_first(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """Polls wanting 4x the budget: the oldest predictions are polled at pace.
+
+    Ten running predictions created a minute apart, submitted newest first;
+    each wants a poll every 0.5 s, the budget gives 5 a second. After the
+    first GETs (two seconds), the oldest (nearest to losing their outputs,
+    had they ended) get the polls, not the first submitted.
+    """
+    now = fake_replicate.now()
+    ids = [
+        fake_replicate.add_prediction(duration=600, created=now - 60 * age)
+        for age in range(10)
+    ]  # ids[0] is the newest
+    async with (
+        Client(base_url=fake_replicate.base_url(), api_key="test-key") as client,
+        PollManager(
+            client,
+            policy=PollPolicy.fixed(0.5),
+            rate_limit=5,
+            burst=1,
+            max_concurrency=1,
+            sweep=False,
+            coalesce=0,
+        ) as manager,
+    ):
+        for pid in ids:
+            manager.submit(pid)
+        await asyncio.sleep(4.0)
+    per_id = fake_replicate.stats.requests_per_id
+    oldest = [per_id[pid] for pid in ids[5:]]
+    newest = [per_id[pid] for pid in ids[:5]]
+    assert min(oldest[2:]) >= 3  # the three oldest: polled at the budget's pace
+    assert max(newest) <= 2  # their first GET, hardly more
