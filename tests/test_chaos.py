@@ -449,17 +449,26 @@ async def test_a_raising_on_update_ends_only_its_id_under_chaos() -> None:
     assert_nothing_sent_early(watch, stats, 12)
 
 
-async def test_cancelling_the_awaiting_task_mid_chaos_batch_leaves_nothing() -> None:
+@pytest.mark.parametrize("sweep", [False, True], ids=["per-id", "sweeping"])
+async def test_cancelling_the_awaiting_task_mid_chaos_batch_leaves_nothing(
+    sweep: bool,
+) -> None:
     """The awaiting task gets CancelledError; no task or connection is left."""
     async with watched() as watch, chaos_client(watch) as (server, client):
         ids = server.add_predictions(800, duration=30)
 
         async def batch() -> list[PollResult]:
-            async with PollManager(client, max_concurrency=16, policy=POLICY) as m:
+            async with PollManager(
+                client, max_concurrency=16, policy=POLICY, sweep=sweep
+            ) as m:
                 return await m.poll_many(ids)
 
         task = asyncio.create_task(batch())
-        await until(lambda: server.stats.total_requests >= 300)  # well into it
+        # Well into it: hundreds of polls, or pages of a few sweeps.
+        await until(
+            lambda: server.stats.total_requests >= 300
+            or server.stats.list_requests >= 5
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
