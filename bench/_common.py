@@ -32,8 +32,9 @@ RESULTS = BENCH / "results"
 API_KEY = "test-key"  # FakeReplicate's default key
 
 #: One scripted prediction: seconds in ``processing`` from the server's start,
-#: and the final status.
-Script = Sequence[tuple[float, str]]
+#: and the final status; optionally a third number, its creation time in
+#: seconds from the server's start (see ``fake_server.py``).
+Script = Sequence[tuple[float, str] | tuple[float, str, float]]
 
 FOREVER = 1e9  # a duration that outlasts any benchmark: "processing" throughout
 
@@ -114,6 +115,8 @@ def fake_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,10 @@ Run by the benchmarks, not by hand (but ``--help`` works)::
 It adds one prediction per entry of the script (``[duration, outcome]``
 pairs; durations count from the server's start), writes their ids to
 ``--ids-file`` and prints ``replipoll fake server on http://127.0.0.1:PORT/v1``
-once it listens, like ``python -m replipoll.testing``.
+once it listens, like ``python -m replipoll.testing``. An entry may have a
+third number, its creation time in seconds from the server's start (negative:
+before it; later: unknown to the API until then); it still completes
+``duration`` seconds from the start, processing from its creation on.
 
 Two things the benchmarks need on top of :class:`~replipoll.testing.FakeReplicate`:
 
@@ -16,8 +19,11 @@ Two things the benchmarks need on top of :class:`~replipoll.testing.FakeReplicat
   is answered ``429`` with ``Retry-After`` (seconds, fractional) and the
   Replicate problem+json body, and counted.
 * ``GET /_bench/stats`` answers the counters as JSON (API requests allowed and
-  throttled, per status), ``POST /_bench/reset`` zeroes them. They are not API
-  paths: neither is counted nor rate limited.
+  throttled, per status; list requests and GETs of a prediction apart, and
+  of those GETs, the ones of a prediction finished by then; the server's
+  start on ``time.monotonic``, which script times count from),
+  ``POST /_bench/reset`` zeroes them. They are not API paths: neither is
+  counted nor rate limited.
 * ``--log-arrivals``: ``GET /_bench/arrivals`` answers ``[[seconds, id], ...]``,
   when each API request for a prediction arrived (seconds since the first),
   so that another client can replay the same requests at the same times.
@@ -33,6 +39,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +88,13 @@ class Counters:
     first: float | None = None
     last: float | None = None
     arrivals: list[tuple[float, str]] | None = None
+    #: When the server started: what the script's times count from.
+    started: float = 0.0
+    list_requests: int = 0
+    gets: int = 0
+    #: GETs of a prediction that was finished when asked, and of one not yet.
+    gets_done: int = 0
+    gets_running: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The counters as a JSON-ready dict (times are ``time.monotonic()``)."""
@@ -90,11 +104,16 @@ class Counters:
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "first": self.first,
             "last": self.last,
+            "started": self.started,
+            "list_requests": self.list_requests,
+            "gets": self.gets,
+            "gets_done": self.gets_done,
+            "gets_running": self.gets_running,
         }
 
 
 def build(
-    script: list[tuple[float, str]],
+    script: Sequence[tuple[float, str] | tuple[float, str, float]],
     *,
     rate_limit: float | None,
     burst: int,
@@ -104,11 +123,25 @@ def build(
     """A server with the scripted predictions, the limiter and the stats routes."""
     # No request log: the benchmarks send hundreds of thousands of requests.
     server = FakeReplicate(seed=seed, request_log_size=0)
-    ids = [
-        server.add_prediction(duration=duration, outcome=outcome, n_files=1 + i % 3)
-        for i, (duration, outcome) in enumerate(script)
-    ]
-    counters = Counters(arrivals=[] if log_arrivals else None)
+    started = server.now()
+    ids = []
+    for i, (duration, outcome, *created) in enumerate(script):
+        if created:  # created then, processing until `duration` from the start
+            ids.append(
+                server.add_prediction(
+                    duration=max(0.0, duration - created[0]),
+                    outcome=outcome,
+                    n_files=1 + i % 3,
+                    created=started + created[0],
+                )
+            )
+        else:
+            ids.append(
+                server.add_prediction(
+                    duration=duration, outcome=outcome, n_files=1 + i % 3
+                )
+            )
+    counters = Counters(arrivals=[] if log_arrivals else None, started=started)
     limiter = KeyLimiter(rate_limit, burst) if rate_limit else None
 
     @web.middleware
@@ -134,6 +167,20 @@ def build(
                 headers={"Retry-After": f"{wait:.3f}"},
             )
         counters.allowed += 1
+        if request.method == "GET":
+            pid = request.match_info.get("id")
+            if pid is not None:
+                counters.gets += 1
+                try:
+                    done = server.timeline(pid).completed <= server.now()
+                except KeyError:
+                    done = False
+                if done:
+                    counters.gets_done += 1
+                else:
+                    counters.gets_running += 1
+            elif request.path.endswith("/predictions"):
+                counters.list_requests += 1
         response = await handler(request)
         counters.by_status[response.status] += 1
         return response
@@ -148,6 +195,8 @@ def build(
 
     async def reset(request: web.Request) -> web.Response:
         counters.allowed = counters.throttled = 0
+        counters.list_requests = counters.gets = 0
+        counters.gets_done = counters.gets_running = 0
         counters.by_status.clear()
         counters.first = counters.last = None
         if counters.arrivals is not None:
@@ -164,9 +213,11 @@ def build(
 
 async def serve(args: argparse.Namespace) -> None:
     """Start, print the URL line, serve until SIGTERM/SIGINT."""
-    script = [
-        (float(duration), str(outcome))
-        for duration, outcome in json.loads(args.script.read_text())
+    script: list[tuple[float, str] | tuple[float, str, float]] = [
+        (float(entry[0]), str(entry[1]), float(entry[2]))
+        if len(entry) > 2
+        else (float(entry[0]), str(entry[1]))
+        for entry in json.loads(args.script.read_text())
     ]
     server, ids, _ = build(
         script,

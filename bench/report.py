@@ -11,7 +11,9 @@ Sections whose results are missing (``--only``) are left out.
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -211,6 +213,8 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
                     _yes(ok),
                 ]
             )
+    rows.extend(_learned_targets(results.get("learned")))
+    rows.extend(_sweep_targets(results.get("sweep")))
     return rows
 
 
@@ -229,7 +233,7 @@ STEP = 1.10
 def _stepped(stub: list[dict[str, Any]]) -> bool:
     """Whether the manager-alone curve has one step worth explaining."""
     ratios = [b["us_per_request"] / a["us_per_request"] for a, b in pairwise(stub)]
-    return max(ratios) >= STEP
+    return bool(max(ratios) >= STEP)
 
 
 def _after_step(stub: list[dict[str, Any]]) -> str:
@@ -899,6 +903,10 @@ only once they have (see
 {{doc}}`/explanation/schedule-and-budget`).""")
     if "schedule" in results:
         parts.append(_schedule_findings(results["schedule"]["simulation"]))
+    if "learned" in results:
+        parts.append(_learned_findings(results["learned"]))
+    if "sweep" in results:
+        parts.append(_sweep_findings(results["sweep"]))
     return "\n\n".join(parts)
 
 
@@ -1097,7 +1105,7 @@ from one command, which also rewrites this page and its plot:
 
 ```console
 $ pip install -e '.[bench]'   # or: nox -s bench
-$ python bench/run_all.py     # about a quarter of an hour; --quick: under a minute
+$ python bench/run_all.py     # about three quarters of an hour; --quick: a few minutes
 ```
 
 Each script in `bench/` also runs alone and prints its figures
@@ -1113,7 +1121,12 @@ matter more than absolute microseconds.
         "## The machine\n\n" + _machine(results),
         "## The targets\n\n"
         + _table(
-            ["target (issue 6; the fast path: issue 15)", "measured", ""],
+            [
+                "target (issue 6; the fast path: issue 15; the learned schedule "
+                "and sweeps: issue 14)",
+                "measured",
+                "",
+            ],
             targets(results),
         ),
     ]
@@ -1126,10 +1139,509 @@ matter more than absolute microseconds.
         ("scale", lambda r: _scale(r, l2_bytes)),
         ("rate", _rate),
         ("schedule", _schedule),
+        ("learned", _learned),
+        ("sweep", _sweep),
     ):
         if key in results:
             sections.append(section(results[key]))
     return "\n\n".join(s.strip() for s in sections) + "\n"
+
+
+#: Targets from issue 14: the learned schedule, and sweeps.
+LEARNED_TODAY_TARGET = 0.45
+LEARNED_OFFICIAL_TARGET = 0.12
+LEARNED_DELAY_TARGET = 1.0
+SWEEP_P95_TARGETS = {"5000": 5.0, "100000": 60.0}
+
+
+def _mid(s: dict[str, Any], unit: str = "", digits: int = 2) -> str:
+    """A median with its spread over the rounds: ``1.23 s (1.10-1.31)``."""
+    text = f"{s['median']:.{digits}f}{unit}"
+    if s["min"] != s["max"]:
+        text += f" ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+    return text
+
+
+def _learned_targets(r: dict[str, Any] | None) -> list[list[str]]:
+    if r is None:
+        return []
+    today, official = r["targets"]
+    return [
+        [
+            f"`LearnedPolicy()` ≤ {today['ratio_limit']:g}× the requests of "
+            "`PollPolicy()` at no worse mean delay (mixed workload)",
+            f"{_mid(r['ratios']['learned_over_today'], '×', 3)}, "
+            f"{today['mean_delay']:.2f} s mean delay against "
+            f"{today['reference_delay']:.2f} s",
+            _yes(today["met"]),
+        ],
+        [
+            f"`LearnedPolicy()` ≤ {official['ratio_limit']:g}× the requests of "
+            f"fixed 0.5 s at ≤ {official['delay_limit']:g} s mean delay",
+            f"{_mid(r['ratios']['learned_over_official'], '×', 3)}, "
+            f"{official['mean_delay']:.2f} s mean delay",
+            _yes(official["met"]),
+        ],
+    ]
+
+
+def _sweep_targets(r: dict[str, Any] | None) -> list[list[str]]:
+    if r is None:
+        return []
+    rows = []
+    for ids, c in r["cases"].items():
+        if c["target_p95"] is None:
+            continue
+        sweep, per_id = c["modes"]["sweep"], c["modes"]["per-id"]
+        measured = f"{_bounded(sweep, 'p95')} with the defaults"
+        verdict = _yes(bool(c["met"]))
+        items = c["modes"].get("sweep-list-items")
+        if items is not None:
+            measured += f", {_bounded(items, 'p95')} with `full_records=False`"
+            met = c.get("met_by_mode", {}).get("sweep-list-items")
+            verdict += f" (`full_records=False`: {_yes(bool(met))})"
+        rows.append(
+            [
+                f"{int(ids):,} ids, {c['rate_limit']:g} requests/s: sweeps' p95 "
+                f"detection delay ≤ {c['target_p95']:g} s",
+                f"{measured} (per-id polling: {_bounded(per_id, 'p95')})",
+                verdict,
+            ]
+        )
+    return rows
+
+
+def _bounded(m: dict[str, Any], what: str) -> str:
+    """A delay figure, or a lower bound when undetected predictions reach it."""
+    s = m[f"{what}_delay"]
+    prefix = "> " if m[f"{what}_bound"] else ""
+    return prefix + _mid(s, " s", 1 if s["median"] >= 10 else 2)
+
+
+def _model_name(model: str) -> str:
+    return f"`{model}`"
+
+
+def _learned(r: dict[str, Any]) -> str:
+    size = r["size"]
+    n, over = size["n"], size["over"]
+    measured = r["rounds"][0]["measured"]
+    cold = [round_["cold_starts"] for round_ in r["rounds"]]
+    model_rows = [
+        [
+            _model_name(m["model"]),
+            f"{m['weight'] / sum(x['weight'] for x in r['models']):.0%}",
+            f"{m['median']:g} s",
+            f"{m['sigma']:g}",
+            f"{m['progress_steps']} steps" if m["progress_steps"] else "none",
+        ]
+        for m in r["models"]
+    ]
+    policies = r["policies"]
+    official_name = next(iter(policies))
+    today_name = next(name for name in policies if name.startswith("PollPolicy()"))
+
+    def ratio(name: str, to: str) -> float:
+        """The median over the rounds of each round's ratio of requests."""
+        ratios: list[float] = [
+            x["policies"][name]["requests_per_prediction"]
+            / x["policies"][to]["requests_per_prediction"]
+            for x in r["rounds"]
+        ]
+        return statistics.median(ratios)
+
+    rows = [
+        [
+            name,
+            _mid(f["requests_per_prediction"], "", 1),
+            f"{ratio(name, official_name):.3f}×",
+            f"{ratio(name, today_name):.2f}×",
+            _mid(f["mean_delay"], " s"),
+            _mid(f["p95_delay"], " s"),
+        ]
+        for name, f in policies.items()
+    ]
+    middle = next(x for x in r["rounds"] if x["seed"] == r["median_round"])
+    models = list(next(iter(middle["policies"].values()))["by_model"])
+    counts = next(iter(middle["policies"].values()))["by_model"]
+    by_model_rows = [
+        [name]
+        + [
+            f"{f['by_model'][m]['requests_per_prediction']:.1f} req, "
+            f"{f['by_model'][m]['mean_delay']:.2f} s"
+            for m in models
+        ]
+        for name, f in middle["policies"].items()
+    ]
+    scaled = (
+        f" Every time of the workload is scaled by {size['scale']:g} in this run "
+        "(a quick run): its figures are rough."
+        if size["scale"] != 1
+        else ""
+    )
+    return f"""## 6. Learned schedule
+
+{{class}}`~replipoll.LearnedPolicy` (the `PollManager`'s default) learns
+each model's run and queue times from the predictions that finish, and
+reads the tqdm progress bar in the logs. Here it polls a realistic mix
+(`replipoll.testing.add_workload`) beside three other schedules:
+
+{_table(["model", "share", "median run", "sigma", "progress bar"], model_rows)}
+
+Each prediction queues 0.1–1 s, or on a cold start (20% of them; in these
+rounds {min(cold):.0%}–{max(cold):.0%}) 20–90 s. {n} predictions *arrive*
+over {over:g} s at a steady rate, and each id is submitted to the managers
+when it is created, so the learned schedules learn online, as they would in
+an app. The first {r["warmup"]:.0%} of arrivals are a warm-up; the
+{measured} after them are measured: the requests the server received for
+each, and its detection delay, from its completion on the server
+(`FakeReplicate.timeline`, on `time.monotonic`) to its future being
+resolved (`loop.time()` in a done callback, the same clock).{scaled}
+
+The four schedules run at once in one event loop, each in its own
+`PollManager` (`sweep=False`: one GET per id and poll; this is about the
+schedule) against its own `FakeReplicate` in the same process, holding the
+identical workload (same seed: the same ids and timelines, checked).
+*fixed 0.5 s* is the official client's schedule (`REPLICATE_POLL_INTERVAL`),
+run as `PollPolicy.fixed(0.5)` in a `PollManager` with `coalesce=0` (no
+grid): the official client itself is not run here (its cost per request is
+section 1). {len(r["rounds"])} rounds (seeds 1 to {len(r["rounds"])}), each in
+a process of its own, side by side; medians, with the lowest and highest
+round in brackets (a ratio is the median of the rounds' own ratios).
+
+{
+        _table(
+            [
+                "schedule",
+                "requests/prediction",
+                "vs fixed 0.5 s",
+                "vs `PollPolicy()`",
+                "mean delay",
+                "p95 delay",
+            ],
+            rows,
+        )
+    }
+
+By model, in the median round (seed {middle["seed"]}; requests per prediction
+and mean delay):
+
+{
+        _table(
+            [
+                "schedule",
+                *(f"{_model_name(m)} ({counts[m]['predictions']})" for m in models),
+            ],
+            by_model_rows,
+        )
+    }
+{_by_start(middle)}"""
+
+
+def _by_start(middle: dict[str, Any]) -> str:
+    """The median round's predictions with and without a cold start."""
+    first = next(iter(middle["policies"].values()))
+    labels = list(first.get("by_start", {}))
+    if not labels:
+        return ""
+    rows = [
+        [name]
+        + [
+            f"{f['by_start'][label]['requests_per_prediction']:.1f} req, "
+            f"{f['by_start'][label]['mean_delay']:.2f} s"
+            for label in labels
+        ]
+        for name, f in middle["policies"].items()
+    ]
+    header = [
+        "schedule",
+        *(f"{label} ({first['by_start'][label]['predictions']})" for label in labels),
+    ]
+    return f"""
+The same round, split by queueing: a *cold start* spent 20 s or more in
+`starting` (the shortest cold start), *warm* the others:
+
+{_table(header, rows)}
+"""
+
+
+def _learned_findings(r: dict[str, Any]) -> str:
+    """Whether the learned schedule's targets are met, and why not when not."""
+    policies = r["policies"]
+    names = list(policies)
+    learned = policies[names[-1]]
+    middle = next(x for x in r["rounds"] if x["seed"] == r["median_round"])
+    mine = middle["policies"][names[-1]]["by_model"]
+    spent = {
+        model: m["requests_per_prediction"] * m["predictions"]
+        for model, m in mine.items()
+    }
+    total = sum(spent.values())
+    shares = ", ".join(
+        f"{_model_name(model)} {share / total:.0%}" for model, share in spent.items()
+    )
+    said = []
+    for t, against in zip(r["targets"], ("`PollPolicy()`", "fixed 0.5 s"), strict=True):
+        head = f"Against {against} it spends {t['requests_ratio']:.3f}× the requests"
+        if t["met"]:
+            said.append(f"{head} (target ≤ {t['ratio_limit']:g}×): met.")
+            continue
+        why = []
+        limit, bound = t["ratio_limit"], t["delay_limit"]
+        if t["requests_ratio"] > limit:
+            why.append(
+                f"the target is ≤ {limit:g}×: that is "
+                f"{t['requests_ratio'] / limit:.2f} times as many as it allows"
+            )
+        if t["mean_delay"] > bound:
+            why.append(
+                f"its mean delay of {t['mean_delay']:.2f} s is over the "
+                f"{bound:.2f} s allowed, by {t['mean_delay'] - bound:.2f} s"
+            )
+        said.append(f"{head}: **missed**: " + "; ".join(why) + ".")
+    today = middle["policies"][names[1]]["by_model"]
+    against = ", ".join(
+        f"{_model_name(model)} {m['requests_per_prediction']:.1f} against "
+        f"{today[model]['requests_per_prediction']:.1f}"
+        for model, m in mine.items()
+    )
+    worst = max(
+        mine,
+        key=lambda model: (
+            mine[model]["requests_per_prediction"]
+            / today[model]["requests_per_prediction"]
+        ),
+    )
+    profile = next((m for m in r["models"] if m["model"] == worst), None)
+    least = ""
+    if profile is not None:
+        saved = (
+            mine[worst]["requests_per_prediction"]
+            / today[worst]["requests_per_prediction"]
+        )
+        least = (
+            f" It saves least on {_model_name(worst)} ({saved:.2f}× "
+            f"`PollPolicy()`'s requests): "
+            + (
+                "no progress bar, and "
+                if not profile["progress_steps"]
+                else "a progress bar, but "
+            )
+            + f"run times spread with sigma {profile['sigma']:g}, so the learnt "
+            "times say little about when one run ends."
+        )
+    starts = middle["policies"][names[-1]].get("by_start", {})
+    cold_share = ""
+    if "cold start" in starts:
+        spent_cold = (
+            starts["cold start"]["requests_per_prediction"]
+            * starts["cold start"]["predictions"]
+        )
+        count = sum(m["predictions"] for m in starts.values())
+        cold_share = (
+            f" The {starts['cold start']['predictions'] / count:.0%} of predictions "
+            f"with a cold start took {spent_cold / total:.0%} of them "
+            f"({starts['cold start']['requests_per_prediction']:.1f} requests each, "
+            f"against {starts['warm']['requests_per_prediction']:.1f} for a warm "
+            "one): a cold start's length (20 to 90 s) is learnt only as a range, "
+            "which is polled at the model's pace."
+            if "warm" in starts
+            else ""
+        )
+    return (
+        "**Learned schedule.** On the mixed workload (section 6), "
+        f"`LearnedPolicy()` spends {_mid(learned['requests_per_prediction'], '', 1)} "
+        f"requests per prediction at {_mid(learned['mean_delay'], ' s')} mean delay. "
+        + " ".join(said)
+        + (
+            " Its mean delay is within both targets' bounds: what misses is the "
+            "number of requests."
+            if all(t["mean_delay"] <= t["delay_limit"] for t in r["targets"])
+            and not all(t["met"] for t in r["targets"])
+            else ""
+        )
+        + f" Of its requests in the median round, by model: {shares}; per "
+        f"prediction, against `PollPolicy()`'s: {against}.{least}{cold_share}"
+    )
+
+
+#: How the sweep benchmark's modes are named on the page.
+SWEEP_MODES = {
+    "sweep": "sweeps (`sweep=True`)",
+    "sweep-list-items": "sweeps, `full_records=False`",
+    "per-id": "per id (`sweep=False`)",
+}
+
+
+def _full_sweep(c: dict[str, Any]) -> float:
+    """Pages of a sweep over the whole window: every prediction in it, 100 a page."""
+    ids: int = c["case"]["ids"]
+    untracked: int = c["case"]["untracked"]
+    return math.ceil(ids * (1 + untracked) / 100)
+
+
+def _sweep(r: dict[str, Any]) -> str:
+    cases = r["cases"]
+    first = next(iter(cases.values()))
+    case = first["case"]
+    rate, burst = first["rate_limit"], first["burst"]
+    rows = []
+    for ids, c in cases.items():
+        for mode, m in c["modes"].items():
+            rows.append(
+                [
+                    f"{int(ids):,}",
+                    SWEEP_MODES.get(mode, mode),
+                    f"{m['detected']['median']:,.0f}",
+                    _bounded(m, "mean"),
+                    _bounded(m, "p95"),
+                    _mid(m["requests_per_prediction"], "", 2),
+                    f"{m['list_requests']['median']:,.0f}",
+                    f"{m['gets']['median']:,.0f}"
+                    + (
+                        f" ({m['gets_running']['median']:,.0f})"
+                        if "gets_running" in m
+                        else ""
+                    ),
+                ]
+            )
+    runs = ", ".join(
+        f"{int(ids):,} ids: {len(c['rounds'])} "
+        f"{'rounds' if len(c['rounds']) > 1 else 'round'} ({c['wall_seconds']:.0f} s)"
+        for ids, c in cases.items()
+    )
+    pages = "; ".join(
+        f"at {int(ids):,} ids, {full:,.0f} pages a sweep ({full / rate:.0f} s of "
+        f"the budget; sweeps finished in the window of the first round: "
+        f"{c['rounds'][0]['modes']['sweep']['sweeps']})"
+        for ids, c in cases.items()
+        if (full := _full_sweep(c))
+    )
+    low, high = case["finish"]
+    return f"""## 7. Sweeps
+
+A `PollManager(client, rate_limit={rate:g}, burst={burst})` (default
+policy) tracks `N` live ids on an account that also holds
+{case["untracked"]}× as many predictions it does not track, all created over
+the {case["created_over"]:g} s before the manager starts, tracked and
+untracked interleaved at random. Each prediction completes at a time drawn
+uniformly from {low:g} to {high:g} s after the manager starts; none is
+finished when it starts, and every id is submitted at once. The manager runs
+for a window of {case["window"]:g} s. The detection delay runs from a
+prediction's completion on the server to its future being resolved (both on
+`time.monotonic`). A prediction not detected within the window has a delay
+longer than the window's end less its completion: it is counted at that
+bound, and a figure such bounds reach is a lower bound, shown "> x".
+Requests are counted by the server, list pages and GETs apart (in brackets:
+GETs of a prediction not finished yet when asked); requests per prediction
+are both, over the `N` tracked ids, within the window. A mode that spends
+the whole budget sends `{rate:g} × {case["window"]:g} / N` requests per
+prediction: what differs is what its requests find.
+
+The same workload runs three times at once, each on its own server
+(`bench/fake_server.py` in a process of its own, so that rendering 100-item
+pages does not take the client's CPU), one manager each:
+
+- *sweeps*: `sweep=True`, pages of `GET /predictions` (newest first, 100 a
+  page) over the tracked ids' creation window. List items lack `logs` (as
+  on Replicate), so each id seen finished still gets one GET for its whole
+  record.
+- *sweeps, `full_records=False`*: the same, but an id a page shows
+  finished is resolved with the list item itself (its `logs` are `None`),
+  without that GET.
+- *per id*: `sweep=False`, one GET per id and poll.
+
+Rounds: {runs}; medians, with the lowest and highest round in brackets.
+
+{
+        _table(
+            [
+                "ids",
+                "mode",
+                "detected in the window",
+                "mean delay",
+                "p95 delay",
+                "requests/prediction",
+                "list pages",
+                "GETs (of unfinished)",
+            ],
+            rows,
+        )
+    }
+
+A sweep reads every prediction of the account created in the tracked ids'
+window, tracked or not: {pages or "no sweep finished"}. Per id, the budget
+polls each id once every `N / {rate:g}` s at best.
+"""
+
+
+def _sweep_findings(r: dict[str, Any]) -> str:
+    """The sweeps' targets, met or missed, and why."""
+    said = []
+    for ids, c in r["cases"].items():
+        n = int(ids)
+        rate = c["rate_limit"]
+        low, high = c["case"]["finish"]
+        modes = c["modes"]
+        sweep, per_id = modes["sweep"], modes["per-id"]
+        line = (
+            f"At {n:,} ids the sweeps' p95 delay is {_bounded(sweep, 'p95')}, "
+            f"{sweep['detected']['median']:,.0f} of {n:,} ends detected in the "
+            f"window (per id: {_bounded(per_id, 'p95')}, "
+            f"{per_id['detected']['median']:,.0f} detected)"
+        )
+        items = modes.get("sweep-list-items")
+        if items is not None:
+            line += (
+                f"; with `full_records=False` {_bounded(items, 'p95')}, "
+                f"{items['detected']['median']:,.0f} detected"
+            )
+        if c["target_p95"] is not None:
+            line += (
+                f". The target of ≤ {c['target_p95']:g} s is "
+                f"{_yes(bool(c['met']))} with the defaults"
+            )
+            if items is not None:
+                met = c.get("met_by_mode", {}).get("sweep-list-items")
+                line += f" and {_yes(bool(met))} with `full_records=False`"
+        if not c["met"]:
+            per = _full_sweep(c)
+            finishing = n / (high - low)
+            share = finishing / rate
+            reasons = [
+                f"the tracked predictions end at {finishing:,.0f} a second, and "
+                "by default each costs a GET for its whole record once a page "
+                "shows it finished (list items lack `logs`): those GETs alone "
+                "would take "
+                + (
+                    f"{share:.0%} of {rate:g} requests/s"
+                    if share < 1
+                    else f"{share:.0f} times the {rate:g} requests/s"
+                )
+            ]
+            if per / rate > (c["target_p95"] or math.inf):
+                reasons.append(
+                    f"and a sweep over the window is {per:,.0f} pages (every "
+                    "prediction of the account created in it, 100 a page), "
+                    f"{per / rate:.0f} s of the budget, and in "
+                    f"{c['target_p95']:g} s the budget reads "
+                    f"{rate * c['target_p95']:,.0f} of them: an end waits for the "
+                    "next pass over its page, so the target is out of reach at "
+                    f"{rate:g} requests/s on this account, whatever the client"
+                )
+            running = sweep.get("gets_running", {}).get("median")
+            if running:
+                window = c["case"]["window"]
+                reasons.append(
+                    f"besides, {running:,.0f} GETs "
+                    f"({running / (window * rate):.0%} of the window's budget) "
+                    "went to ids not finished yet: each id's first GET, sent "
+                    "while the first sweep was still running (new ids join the "
+                    "sweeps without a GET only once a sweep has finished)"
+                )
+            line += ": " + "; ".join(reasons)
+        said.append(line + ".")
+    return "**Sweeps.** " + " ".join(said)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -1,14 +1,15 @@
 """Run every benchmark, save the figures, and rewrite the benchmarks page.
 
-    python bench/run_all.py            # the full run (a quarter of an hour)
-    python bench/run_all.py --quick    # a smoke run, under a minute
+    python bench/run_all.py            # the full run (three quarters of an hour)
+    python bench/run_all.py --quick    # a smoke run, a few minutes
 
 The full run writes ``bench/results/latest.json``, ``docs/benchmarks.md`` and
 ``docs/_static/bench-schedule.png``. The quick run writes
 ``bench/results/quick.json``, ``quick.md`` and ``quick.png`` beside it (not
 the docs: its figures are too rough to publish), unless ``--docs``.
 ``--only get,schedule`` runs some of them: get, manager, scale, rate,
-schedule (in a full run, the others are kept from ``latest.json``).
+schedule, learned, sweep (in a full run, the others are kept from
+``latest.json``).
 ``--render bench/results/latest.json`` rewrites the page and the plot from
 saved figures, without measuring.
 """
@@ -31,6 +32,8 @@ BENCHMARKS = {
     "scale": "bench_scale",
     "rate": "bench_rate",
     "schedule": "bench_schedule",
+    "learned": "bench_learned",
+    "sweep": "bench_sweep",
 }
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
 DOCS_PLOT = ROOT / "docs" / "_static"

@@ -105,3 +105,86 @@ def test_over_limit_counts_what_the_client_sent_too_fast(bench: Loader) -> None:
     assert rate.over_limit(paced, rate=10, burst=1) == 0
     bunched = [0.0] * 5 + [0.5 + i * 0.1 for i in range(5)]
     assert rate.over_limit(bunched, rate=10, burst=3) == 2
+
+
+def test_learned_schedule_round_runs_and_renders(bench: Loader) -> None:
+    """A tiny round of bench_learned: four schedules on one workload, rendered."""
+    import asyncio
+
+    learned, report, common = bench("bench_learned"), bench("report"), bench("_common")
+    size = learned.Size(n=30, over=2.0, scale=0.02, video=False)
+    one = asyncio.run(learned.run_round(1, size))
+    assert one["identical_workloads"]
+    assert one["measured"] == 30 - 6  # the first 20% are a warm-up
+    figures = one["policies"]
+    assert set(figures) == set(learned.POLICIES)
+    # The official client's 0.5 s: the most requests, the quickest detection.
+    official = figures[learned.OFFICIAL]
+    assert all(
+        f["requests_per_prediction"] <= official["requests_per_prediction"]
+        for f in figures.values()
+    )
+    assert 0 <= official["mean_delay"] < 0.6
+    result = learned.summarize([one], size)
+    result["wall_seconds"] = 1.0
+    learned.report(result)
+    results = {
+        "quick": True,
+        "commit": None,
+        "machine": common.machine(),
+        "seconds": 1.0,
+        "learned": result,
+    }
+    page = report.render(results, findings=report.findings(results))
+    assert "## 6. Learned schedule" in page
+    assert "| fixed 0.5 s (official client) |" in page
+    assert "`LearnedPolicy()` ≤ 0.45\N{MULTIPLICATION SIGN} the requests" in page
+
+
+def test_sweep_delays_censored_at_the_window_are_lower_bounds(bench: Loader) -> None:
+    sweep = bench("bench_sweep")
+    exact = sweep.delays_summary([1.0] * 99, [50.0])
+    assert exact["p95_delay"] == 1.0
+    assert not exact["p95_bound"]
+    assert exact["mean_bound"]  # an undetected one: the mean is at least this
+    # Most never seen within the window: the p95 is only a bound.
+    bound = sweep.delays_summary([1.0] * 10, [30.0] * 90)
+    assert bound["p95_delay"] == 30.0
+    assert bound["p95_bound"]
+    # A bound below the p95 might hide a delay that moves it: a bound only.
+    assert sweep.delays_summary([1.0] * 90 + [9.0] * 10, [0.5])["p95_bound"]
+    # Bounds above it leave it exact.
+    assert not sweep.delays_summary([1.0] * 98 + [9.0] * 2, [2.0])["p95_bound"]
+
+
+def test_sweep_round_runs_and_renders(bench: Loader) -> None:
+    """A tiny round of bench_sweep (a fake server per mode), rendered."""
+    sweep, report, common = bench("bench_sweep"), bench("report"), bench("_common")
+    case = sweep.Case(40, created_over=2.0, finish=(0.5, 2.5), window=3.5, setup=3.0)
+    script, tracked = case.script(1)
+    assert len(script) == 160
+    assert len(tracked) == 40
+    assert all(c < case.lead for _, _, c in script)  # created before the start
+    one = sweep.run_round(case, 1)
+    for mode, figures in one["modes"].items():
+        assert figures["detected"] == 40, mode
+        assert figures["gets"] > 0
+    assert one["modes"]["sweep"]["list_requests"] > 0
+    # full_records=False: a finished list item is the result, no GET for it.
+    items = one["modes"]["sweep-list-items"]
+    assert items["list_requests"] > 0
+    assert items["gets_done"] < one["modes"]["sweep"]["gets_done"]
+    assert one["modes"]["per-id"]["list_requests"] == 0
+    result = {"cases": {"40": sweep.summarize(case, [one])}}
+    result["cases"]["40"]["wall_seconds"] = 1.0
+    sweep.report(result)
+    results = {
+        "quick": True,
+        "commit": None,
+        "machine": common.machine(),
+        "seconds": 1.0,
+        "sweep": result,
+    }
+    page = report.render(results, findings=report.findings(results))
+    assert "## 7. Sweeps" in page
+    assert "| 40 | sweeps (`sweep=True`) |" in page
