@@ -162,7 +162,9 @@ class Sweeper:
 
     def takes_new(self) -> bool:
         """Whether a new id should join the sweeps without a first ``GET``."""
-        return bool(self._paying) and bool(self._known) and not self._refused
+        # (Known ids give the window a start; sweep=True needs no measure.)
+        paying = self._paying or (self._always and self._paying is None)
+        return bool(paying) and bool(self._known) and not self._refused
 
     def join_new(self, pid: str, now: float) -> None:
         """Sweep a newly submitted id, looked for near the top of the list."""

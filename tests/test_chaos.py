@@ -466,8 +466,9 @@ async def test_cancelling_the_awaiting_task_mid_chaos_batch_leaves_nothing(
         task = asyncio.create_task(batch())
         # Well into it: hundreds of polls, or pages of a few sweeps.
         await until(
-            lambda: server.stats.total_requests >= 300
-            or server.stats.list_requests >= 5
+            lambda: (
+                server.stats.total_requests >= 300 or server.stats.list_requests >= 5
+            )
         )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -31,6 +31,11 @@ _ID_TABLE: Final = bytes(
 )
 
 
+def _key_set(keys: Iterable[str]) -> frozenset[str]:
+    """``list_omits`` as given (any iterable of key names), as a frozenset."""
+    return frozenset(keys)
+
+
 @attrs.define(eq=False, repr=False)
 class FakeReplicate:
     """A Replicate-compatible HTTP server for tests, demos and benchmarks.
@@ -131,7 +136,7 @@ class FakeReplicate:
         on_setattr=_frozen,
     )
     list_omits: frozenset[str] = attrs.field(
-        default=LIST_OMITS, kw_only=True, converter=frozenset, on_setattr=_frozen
+        default=LIST_OMITS, kw_only=True, converter=_key_set, on_setattr=_frozen
     )
 
     _predictions: dict[str, Prediction] = attrs.field(init=False, factory=dict)
