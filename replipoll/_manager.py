@@ -103,6 +103,10 @@ async def _all_done(futures: Iterable[asyncio.Future[Prediction]]) -> None:
 _PageJob = tuple[ApiRequest, asyncio.Future[PredictionPage]]
 #: An entry of the work queue: (rank, arrival, an id, a page or a stop).
 _Job = tuple[float, int, str | _PageJob | None]
+#: Ranks in the work queue below any id's (0 until its first answer, then
+#: a Unix time): the GET of an id a sweep found finished, a page.
+_FINISHED: Final = -2.0
+_PAGE: Final = -1.0
 
 
 class _Track(asyncio.Future[Prediction]):
@@ -319,11 +323,13 @@ class PollManager:
         # Deadlines are a queue of their own, so that they pass on time
         # whatever the workers are doing (all asleep in a Retry-After, say).
         self._deadlines = TimerQueue()
-        # Due work, most urgent first: (rank, arrival, what). Pages and
-        # stops go before all, then first GETs and the GETs of ids a sweep
-        # found finished, then polls by when each id is expected to end (or
-        # was created): when requests cannot keep up, the ids likeliest to
-        # have ended long ago, nearest to losing their outputs, go first.
+        # Due work, most urgent first: (rank, arrival, what). Stops go
+        # before all; then the GETs of ids a sweep found finished (each is a
+        # result: while they wait, a page would only find more); then pages
+        # of a sweep; then first GETs; then polls by when each id is
+        # expected to end (or was created): when requests cannot keep up,
+        # the ids likeliest to have ended long ago, nearest to losing their
+        # outputs, go first.
         self._queue: asyncio.PriorityQueue[_Job] | None = None
         self._arrivals = itertools.count()
         self._sweeping: asyncio.Task[None] | None = None
@@ -801,7 +807,7 @@ class PollManager:
         assert self._queue is not None
         assert self._loop is not None
         job: _PageJob = (request, self._loop.create_future())
-        self._queue.put_nowait((-math.inf, next(self._arrivals), job))
+        self._queue.put_nowait((_PAGE, next(self._arrivals), job))
         return await job[1]
 
     async def _page_job(self, job: _PageJob) -> None:
@@ -870,7 +876,7 @@ class PollManager:
         """
         if self._is_current(track) and self._queue is not None:
             self._polls.discard(track.id)
-            rank = 0.0 if first else track.rank
+            rank = _FINISHED if first else track.rank
             self._queue.put_nowait((rank, next(self._arrivals), track.id))
 
     def _failed_request(
