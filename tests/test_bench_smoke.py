@@ -160,7 +160,9 @@ def test_sweep_delays_censored_at_the_window_are_lower_bounds(bench: Loader) -> 
 def test_sweep_round_runs_and_renders(bench: Loader) -> None:
     """A tiny round of bench_sweep (a fake server per mode), rendered."""
     sweep, report, common = bench("bench_sweep"), bench("report"), bench("_common")
-    case = sweep.Case(40, created_over=2.0, finish=(0.5, 2.5), window=3.5, setup=3.0)
+    # A window well past the last end (2.5 s): a sweep every second, then a
+    # GET, catch every one of them even on a busy machine.
+    case = sweep.Case(40, created_over=2.0, finish=(0.5, 2.5), window=6.0, setup=3.0)
     script, tracked = case.script(1)
     assert len(script) == 160
     assert len(tracked) == 40
