@@ -318,6 +318,34 @@ def test_poll_streams_json_lines_and_exits_0_when_all_succeeded(
     assert quiet.stderr == ""
 
 
+def test_poll_sweeps_the_list_and_can_keep_its_items(
+    fake: ServerThread, tmp_path: Path
+) -> None:
+    """--sweep on --list-records: pages of the list report the ids; a finished
+    id's line holds its list item (no logs); the summary counts the sweeps."""
+    ids = fake.add(30, duration=0.5)
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(ids))
+    done = run(
+        "poll",
+        "--from",
+        str(ids_file),
+        "--sweep",
+        "on",
+        "--list-records",
+        "--base-url",
+        fake.base_url,
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(ids)
+    assert {r["result"] for r in records} == {"succeeded"}
+    assert any("logs" not in r["prediction"] for r in records)
+    off = run("poll", ids[0], "--sweep", "off", "--base-url", fake.base_url)
+    assert off.returncode == 0, off.stderr
+    assert "logs" in json.loads(off.stdout)["prediction"]
+
+
 def test_poll_exits_1_when_some_failed_or_erred(
     fake: ServerThread, tmp_path: Path
 ) -> None:

@@ -183,6 +183,22 @@ def get(
     type=click.FloatRange(min=0),
     help="Seconds each id may take to finish (0: no limit).",
 )
+@click.option(
+    "--sweep",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Follow the ids through pages of the list endpoint (100 a page) "
+    "instead of a request each: where it measures cheaper (auto), whenever "
+    "the server serves it (on), or never (off).",
+)
+@click.option(
+    "--list-records",
+    is_flag=True,
+    help="End an id a sweep found finished with its list item (no logs) "
+    "instead of one more request for its whole record: faster for big "
+    "batches.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No summary line at the end.")
 @progress_option
 @api_options
@@ -193,6 +209,8 @@ def poll(
     concurrency: int,
     rate: float | None,
     timeout: float,
+    sweep: str,
+    list_records: bool,
     quiet: bool,
     progress: bool | None,
     provider: str,
@@ -251,6 +269,8 @@ def poll(
                 rate=rate,
                 timeout=timeout or None,
                 console=stderr if show else None,
+                sweep={"auto": None, "on": True, "off": False}[sweep],
+                full_records=not list_records,
             )
 
     try:

@@ -147,6 +147,8 @@ async def run_batch(
     timeout: float | None,
     console: Console | None,
     stdout: IO[str] | None = None,
+    sweep: bool | None = None,
+    full_records: bool = True,
 ) -> None:
     """Poll ``run.todo`` to the end, recording each id as soon as it finishes.
 
@@ -157,11 +159,14 @@ async def run_batch(
     happens. A batch whose first
     answers show it fails for one reason stops there (``run.diagnosis``):
     the ids it did not finish are neither polled nor recorded, so a rerun
-    after the fix polls them.
+    after the fix polls them. ``sweep`` and ``full_records`` are the
+    :class:`PollManager`'s.
     """
     ids = run.todo
     manager = PollManager(
         client,
+        sweep=sweep,
+        full_records=full_records,
         max_concurrency=concurrency,
         rate_limit=rate,
         timeout=timeout,
