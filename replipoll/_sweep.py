@@ -157,9 +157,6 @@ class Sweeper:
         """``"sweep"`` while ids are being swept, else ``"per-id"``."""
         return "sweep" if self._known or self._unknown else "per-id"
 
-    def __contains__(self, pid: str) -> bool:
-        return pid in self._known or pid in self._unknown
-
     def takes_new(self) -> bool:
         """Whether a new id should join the sweeps without a first ``GET``."""
         # (Known ids give the window a start; sweep=True needs no measure.)
