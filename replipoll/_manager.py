@@ -21,11 +21,12 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Self
 
 from ._client import DEFAULT_TIMEOUT, Client
+from ._create import create_request
 from ._errors import (
     BatchStoppedError,
     ConfigurationError,
@@ -44,13 +45,20 @@ from ._options import (
     check_positive,
 )
 from ._pages import PredictionPage
-from ._results import Diagnosis, PollResult, PollStats, StatusTally, SystemicWatch
+from ._results import (
+    Diagnosis,
+    PollResult,
+    PollStats,
+    RunResult,
+    StatusTally,
+    SystemicWatch,
+)
 from ._retry import Retrying, RetryPolicy
 from ._sansio import ApiRequest
 from ._schedule import PollPolicy, RateBudget, TimerQueue, on_grid
 from ._sweep import Sweeper
 
-__all__ = ["PollManager", "PollResult", "PollStats"]
+__all__ = ["PollManager", "PollResult", "PollStats", "RunResult"]
 
 logger: Final = logging.getLogger("replipoll")
 
@@ -107,6 +115,10 @@ _Job = tuple[float, int, str | _PageJob | None]
 #: a Unix time): the GET of an id a sweep found finished, a page.
 _FINISHED: Final = -2.0
 _PAGE: Final = -1.0
+#: Terminal records pushed for ids not tracked are kept this many seconds,
+#: this many at most (the oldest go first).
+_EARLY_TTL: Final = 300.0
+_EARLY_MAX: Final = 10_000
 
 
 class _Track(asyncio.Future[Prediction]):
@@ -129,6 +141,7 @@ class _Track(asyncio.Future[Prediction]):
         "request",
         "retrying",
         "started",
+        "webhook",
     )
     id: str
     #: None for the usual ``GET predictions/{id}``, built when sent.
@@ -147,6 +160,8 @@ class _Track(asyncio.Future[Prediction]):
     #: then Unix seconds when it is expected to end (when it was created,
     #: until that is known).
     rank: float
+    #: Its webhook is expected: polled only as a safety net.
+    webhook: bool
 
     def cancel(self, msg: Any | None = None) -> bool:
         """Cancel the future; the manager stops polling its id."""
@@ -224,6 +239,18 @@ class PollManager:
             saving that request: when predictions finish faster than the
             rate limit allows a ``GET`` each, the list items are what keeps
             detection prompt.
+        webhook: The URL that :meth:`run` and :meth:`run_many` ask the
+            provider to send each prediction's record to (served by
+            :func:`webhook_handler`, which hands it to :meth:`push`). An id
+            whose webhook is expected is polled only as a safety net: see
+            ``webhook_grace``.
+        webhook_grace: Seconds past an id's expected finish (learned per
+            model; until then, ``safety_interval`` after it was submitted)
+            before the first safety poll of an id whose webhook is
+            expected; then one every ``safety_interval``. A lost webhook so
+            costs delay, never the result: see :doc:`/howto/webhooks`.
+        safety_interval: Seconds between the safety polls of an id whose
+            webhook is expected.
 
     Use it as ``async with``; on exit every poll still running is stopped and
     awaited, and every unfinished id ends with
@@ -266,6 +293,9 @@ class PollManager:
         sweep: bool | None = None,
         sweep_interval: float = 1.0,
         full_records: bool = True,
+        webhook: str | None = None,
+        webhook_grace: float = 10.0,
+        safety_interval: float = 30.0,
     ) -> None:
         owner = "PollManager"
         if not isinstance(client, Client):
@@ -280,6 +310,10 @@ class PollManager:
         check_positive(owner, "timeout", timeout, none=True)
         check_non_negative(owner, "coalesce", coalesce)
         check_positive(owner, "sweep_interval", sweep_interval)
+        check_non_negative(owner, "webhook_grace", webhook_grace)
+        check_positive(owner, "safety_interval", safety_interval)
+        if webhook is not None:
+            create_request("a/b", input={}, webhook=webhook)  # checks the URL
         if sweep not in (None, True, False):
             raise ConfigurationError(
                 f"{owner}: sweep must be None (where it measures cheaper), "
@@ -318,7 +352,15 @@ class PollManager:
         self.stop_on_systemic = stop_on_systemic
         self.keep_last = keep_last
         self.full_records = full_records
+        self.webhook = webhook
+        self.webhook_grace = webhook_grace
+        self.safety_interval = safety_interval
         self._tracks: dict[str, _Track] = {}
+        # Terminal records pushed for ids not (yet) tracked: a webhook may
+        # beat the answer of the create that made its prediction.
+        self._early: dict[str, tuple[float, Prediction]] = {}
+        self._pushing: set[asyncio.Task[None]] = set()
+        self._created = self._pushed = 0
         self._polls = TimerQueue()
         # Deadlines are a queue of their own, so that they pass on time
         # whatever the workers are doing (all asleep in a Retry-After, say).
@@ -402,7 +444,8 @@ class PollManager:
             self._timer.cancel()
             self._timer = None
         workers, self._workers = self._workers, []
-        tasks = [*workers, *self._cancels]
+        tasks = [*workers, *self._cancels, *self._pushing]
+        self._pushing = set()
         if self._sweeping is not None:
             tasks.append(self._sweeping)
             self._sweeping = None
@@ -428,13 +471,21 @@ class PollManager:
 
     # -- public API ----------------------------------------------------------
 
-    def submit(self, prediction_id: str) -> asyncio.Future[Prediction]:
+    def submit(
+        self, prediction_id: str, *, webhook: bool = False
+    ) -> asyncio.Future[Prediction]:
         """Start tracking an id; the future resolves with its terminal record.
 
         Submitting an id already tracked returns the same future: one poll
         stream per id, however many awaiters. The future is shared, so
         cancelling it (or a task awaiting it directly) stops the poll for every
         awaiter; use :meth:`wait` to wait without that risk.
+
+        Args:
+            webhook: The prediction's webhook is expected (its record will
+                come through :meth:`push`): after its first ``GET``, it is
+                polled only as a safety net (``webhook_grace``,
+                ``safety_interval``).
 
         Raises:
             InvalidPredictionIdError: the id is unusable; nothing is tracked.
@@ -448,8 +499,22 @@ class PollManager:
         pid = request.prediction_id
         track = self._tracks.get(pid)
         if track is not None:  # (an id is forgotten as its future is done)
+            if webhook:
+                track.webhook = True
             return track
         queue = self._start()
+        track = self._new_track(pid, request, webhook)
+        if self._early and self._take_early(track):
+            return track
+        sweeper = self._sweeper
+        if sweeper is not None and not webhook and sweeper.takes_new():
+            sweeper.join_new(pid, track.started)  # found in the next sweep, no GET
+        else:
+            queue.put_nowait((track.rank, next(self._arrivals), pid))
+        return track
+
+    def _new_track(self, pid: str, request: ApiRequest, webhook: bool) -> _Track:
+        """Track ``pid`` from now: its future, its deadline, its count."""
         loop = self._loop
         assert loop is not None
         now = loop.time()
@@ -465,6 +530,7 @@ class PollManager:
         track.counted = "unknown"
         track.manager = self
         track.rank = 0.0  # not seen yet: its first GET goes first
+        track.webhook = webhook
         self._tracks[pid] = track
         if deadline < math.inf:
             self._deadlines.push(pid, deadline)
@@ -472,12 +538,64 @@ class PollManager:
                 self._arm(deadline)
         self._tally.count("unknown")
         self._submitted += 1
-        sweeper = self._sweeper
-        if sweeper is not None and sweeper.takes_new():
-            sweeper.join_new(pid, now)  # found in the next sweep, no GET
-        else:
-            queue.put_nowait((track.rank, next(self._arrivals), pid))
         return track
+
+    def _take_early(self, track: _Track) -> bool:
+        """Resolve ``track`` with a record pushed before it was tracked, if any."""
+        early = self._early.pop(track.id, None)
+        if early is None or time.monotonic() - early[0] >= _EARLY_TTL:
+            return False
+        self._observe(track, early[1])
+        self._resolve(track, early[1])
+        return True
+
+    def push(self, prediction: Prediction) -> bool:
+        """Hand over a record that arrived by other means than a poll (a webhook).
+
+        A terminal record resolves its id's future at once; a running one
+        counts as the id's latest (``on_update`` hears of a new status).
+        A terminal record of an id not tracked (yet) is kept for a few
+        minutes: a webhook may arrive before the answer of the create that
+        made its prediction, and the id resolves as it is submitted. Verify
+        a webhook's signature before pushing its record
+        (:func:`verify_webhook`, or :func:`webhook_handler` which does both).
+
+        Returns:
+            True if the record was for an id being tracked.
+
+        Raises:
+            TypeError: ``prediction`` is not a :class:`Prediction`.
+        """
+        if not isinstance(prediction, Prediction):
+            raise TypeError(
+                f"push takes a replipoll.Prediction, got {type(prediction).__name__}"
+            )
+        track = self._tracks.get(prediction.id)
+        if track is None:
+            if prediction.is_terminal and not self._closed:
+                self._keep_early(prediction)
+            return False
+        self._pushed += 1
+        if self.on_update is None:
+            self._observe(track, prediction)
+            if prediction.is_terminal:
+                self._resolve(track, prediction)
+            return True
+        loop = self._start_loop()
+        task = loop.create_task(self._heard(track, prediction))
+        self._pushing.add(task)
+        task.add_done_callback(self._pushing.discard)
+        return True
+
+    def _keep_early(self, prediction: Prediction) -> None:
+        early = self._early
+        now = time.monotonic()
+        while early:  # oldest first: drop what expired, and the oldest if full
+            oldest = next(iter(early))
+            if len(early) < _EARLY_MAX and now - early[oldest][0] < _EARLY_TTL:
+                break
+            del early[oldest]
+        early[prediction.id] = (now, prediction)
 
     async def wait(self, prediction_id: str) -> Prediction:
         """Submit an id (or join its poll) and wait for its terminal record.
@@ -492,6 +610,185 @@ class PollManager:
                 retries exhausted: ``attempts`` says how many).
         """
         return await asyncio.shield(self.submit(prediction_id))
+
+    async def run(
+        self,
+        model: str | None = None,
+        *,
+        version: str | None = None,
+        deployment: str | None = None,
+        input: Mapping[str, Any],
+        webhook: str | None = None,
+        webhook_events_filter: Iterable[str] | None = None,
+        cancel_after: float | str | None = None,
+        wait: bool | float | None = None,
+    ) -> Prediction:
+        """Create a prediction and wait for its terminal record, in one await.
+
+        The arguments are :meth:`Client.create`'s. The record comes from
+        whichever is first: the create's own answer (sync mode, ``wait=``),
+        the webhook (``webhook=``, else this manager's ``webhook``, handed
+        over by :meth:`push`), or polling. The create's answer serves as
+        the first poll; with a webhook, polls are only a safety net.
+        Cancelling the caller leaves the prediction running and polled
+        (like :meth:`wait`).
+
+        Raises:
+            ConfigurationError: a bad argument; nothing was sent.
+            PredictionMayExistError: the create failed after the request
+                may have arrived: see :meth:`Client.create`.
+            RequestError: the create was refused, or polling failed for good.
+            PollTimeout: not terminal before the manager's ``timeout``.
+
+        Example:
+            >>> import asyncio, replipoll
+            >>> from replipoll.testing import FakeReplicate
+            >>> async def main():
+            ...     async with FakeReplicate() as server, replipoll.Client(
+            ...         base_url=server.base_url(), api_key=server.api_key
+            ...     ) as client, replipoll.PollManager(client) as manager:
+            ...         done = await manager.run(
+            ...             "acme/echo", input={"replipoll_duration": 0.2}
+            ...         )
+            ...     return str(done.status)
+            >>> asyncio.run(main())
+            'succeeded'
+        """
+        url = webhook if webhook is not None else self.webhook
+        created = await self.client.create(
+            model,
+            version=version,
+            deployment=deployment,
+            input=input,
+            webhook=url,
+            webhook_events_filter=webhook_events_filter,
+            cancel_after=cancel_after,
+            wait=wait,
+        )
+        self._created += 1
+        return await asyncio.shield(self._follow(created, webhook=url is not None))
+
+    async def run_many(
+        self,
+        inputs: Iterable[Mapping[str, Any]],
+        model: str | None = None,
+        *,
+        version: str | None = None,
+        deployment: str | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: Iterable[str] | None = None,
+        cancel_after: float | str | None = None,
+        wait: bool | float | None = None,
+        on_created: Callable[[int, Prediction], Awaitable[None] | None] | None = None,
+    ) -> AsyncIterator[RunResult]:
+        """Create a prediction per input; yield a :class:`RunResult` as each ends.
+
+        Creates go out as the client's create budget allows, at most
+        ``max_concurrency`` at once, each followed like :meth:`run`'s. One
+        input's failure (a refused create, a
+        :class:`~replipoll.PredictionMayExistError`) is its result and
+        never stops the others. Closing the iterator early (leave the loop
+        inside ``contextlib.aclosing(...)`` to close it at once) stops the
+        creates not yet sent; the predictions created so far stay tracked
+        until the manager closes.
+
+        Args:
+            on_created: Called (sync or async) with an input's index and its
+                record as soon as its prediction exists, before waiting for
+                it: keep the id somewhere durable, and a crash costs no
+                prediction (resume by polling the ids, not creating again).
+                If it raises, that input's result carries the error; the
+                prediction is not followed.
+
+        Example:
+            >>> import asyncio, replipoll
+            >>> from replipoll.testing import FakeReplicate
+            >>> async def main():
+            ...     inputs = [{"n": n, "replipoll_duration": 0.1 * n} for n in range(3)]
+            ...     async with FakeReplicate() as server, replipoll.Client(
+            ...         base_url=server.base_url(), api_key=server.api_key
+            ...     ) as client, replipoll.PollManager(client) as manager:
+            ...         return sorted(
+            ...             [r.index, r.succeeded]
+            ...             async for r in manager.run_many(inputs, "acme/echo")
+            ...         )
+            >>> asyncio.run(main())
+            [[0, True], [1, True], [2, True]]
+        """
+        url = webhook if webhook is not None else self.webhook
+        options: dict[str, Any] = {
+            "version": version,
+            "deployment": deployment,
+            "webhook": url,
+            "webhook_events_filter": webhook_events_filter,
+            "cancel_after": cancel_after,
+            "wait": wait,
+        }
+        loop = self._start_loop()
+        done: asyncio.Queue[RunResult] = asyncio.Queue()
+        gate = asyncio.Semaphore(self.max_concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(index: int, given: Mapping[str, Any]) -> None:
+            record: Prediction | None = None
+            try:
+                async with gate:
+                    record = await self.client.create(model, input=given, **options)
+                self._created += 1
+                if on_created is not None:
+                    said = on_created(index, record)
+                    if inspect.isawaitable(said):
+                        await said
+                future = self._follow(record, webhook=url is not None)
+                result = RunResult(index, given, await asyncio.shield(future))
+            except Exception as exc:  # the create's error, or the poll's
+                last = getattr(exc, "last", None)
+                result = RunResult(index, given, last or record, exc)
+            done.put_nowait(result)
+
+        count = 0
+        try:
+            for index, given in enumerate(inputs):
+                task = loop.create_task(one(index, given))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                count += 1
+                if count % _CHUNK == 0:
+                    await asyncio.sleep(0)
+            for _ in range(count):
+                yield await done.get()
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _follow(
+        self, created: Prediction, *, webhook: bool
+    ) -> asyncio.Future[Prediction]:
+        """Track a prediction this manager created; its record is the first poll."""
+        pid = created.id
+        track = self._tracks.get(pid)
+        if track is not None:
+            if webhook:
+                track.webhook = True
+            return track
+        if created.is_terminal:  # sync mode, or a webhook beat the answer
+            finished: asyncio.Future[Prediction] = self._start_loop().create_future()
+            finished.set_result(created)
+            policy = self.policy
+            if not isinstance(policy, PollPolicy):
+                policy.learn(created)
+            self._early.pop(pid, None)
+            return finished
+        self._start()
+        track = self._new_track(pid, ApiRequest.for_prediction("GET", pid), webhook)
+        if self._early and self._take_early(track):
+            return track
+        self._observe(track, created)
+        assert self._loop is not None
+        self._next_poll(track, created, self._loop.time())
+        return track
 
     async def poll_many(self, prediction_ids: Iterable[str]) -> list[PollResult]:
         """Poll every id to the end; one :class:`PollResult` per id, in input order.
@@ -599,6 +896,8 @@ class PollManager:
             mode="per-id" if self._sweeper is None else self._sweeper.mode,
             sweeps=0 if self._sweeper is None else self._sweeper.sweeps,
             sweep_pages=0 if self._sweeper is None else self._sweeper.pages,
+            created=self._created,
+            pushed=self._pushed,
         )
 
     # -- scheduling ----------------------------------------------------------
@@ -769,29 +1068,56 @@ class PollManager:
         if prediction.is_terminal:
             self._resolve(track, prediction)
         elif self._is_current(track):
-            now = loop.time()
-            sweeper = self._sweeper
-            if sweeper is not None and sweeper.adopt(track, prediction, now):
-                return  # the sweeps report it from now on
-            age = now - track.started
-            policy = self.policy
-            if track.rank == 0.0:
-                track.rank = _created(prediction)
-            # Early onto the grid only as far as the policy's jitter goes.
-            if isinstance(policy, PollPolicy):
-                due = now + policy.next_delay(age)
-                earliest = now + policy.shortest_delay(age)
-            else:  # it knows the model: a time near the expected finish
-                wall = time.time()
-                due = now + policy.next_delay(prediction, age=age, now=wall)
-                earliest = now + policy.shortest_delay(prediction, age=age, now=wall)
-                finish = policy.expected_finish(prediction, now=wall)
-                if finish is not None:
-                    track.rank = finish
-            hinted = self._hints.poll_after
-            if hinted is not None:  # the server said when to ask again
-                due = earliest = max(due, now + min(hinted, MAX_POLL_AFTER))
-            self._schedule(track, due, now, earliest)
+            self._next_poll(track, prediction, loop.time())
+
+    def _next_poll(self, track: _Track, prediction: Prediction, now: float) -> None:
+        """Schedule the next poll of a running id, ``prediction`` its latest record."""
+        if track.webhook:
+            self._safety_poll(track, prediction, now)
+            return
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.adopt(track, prediction, now):
+            return  # the sweeps report it from now on
+        age = now - track.started
+        policy = self.policy
+        if track.rank == 0.0:
+            track.rank = _created(prediction)
+        # Early onto the grid only as far as the policy's jitter goes.
+        if isinstance(policy, PollPolicy):
+            due = now + policy.next_delay(age)
+            earliest = now + policy.shortest_delay(age)
+        else:  # it knows the model: a time near the expected finish
+            wall = time.time()
+            due = now + policy.next_delay(prediction, age=age, now=wall)
+            earliest = now + policy.shortest_delay(prediction, age=age, now=wall)
+            finish = policy.expected_finish(prediction, now=wall)
+            if finish is not None:
+                track.rank = finish
+        hinted = self._hints.poll_after
+        if hinted is not None:  # the server said when to ask again
+            due = earliest = max(due, now + min(hinted, MAX_POLL_AFTER))
+        self._schedule(track, due, now, earliest)
+
+    def _safety_poll(self, track: _Track, prediction: Prediction, now: float) -> None:
+        """Schedule the safety poll of an id whose webhook is expected.
+
+        At its expected finish plus ``webhook_grace`` (the webhook should
+        have come by then), else (no expectation, or it is past) after
+        ``safety_interval``.
+        """
+        if track.rank == 0.0:
+            track.rank = _created(prediction)
+        due = now + self.safety_interval
+        policy = self.policy
+        if not isinstance(policy, PollPolicy):
+            wall = time.time()
+            finish = policy.expected_finish(prediction, now=wall)
+            if finish is not None:
+                track.rank = finish
+                expected = now + (finish - wall) + self.webhook_grace
+                if expected > now:
+                    due = expected
+        self._schedule(track, due, now, due)
 
     # -- what the sweeper calls -------------------------------------------------
 

@@ -7,8 +7,8 @@ them in.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from typing import Final, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import attrs
@@ -22,7 +22,14 @@ from ._errors import (
 )
 from ._models import Prediction
 
-__all__ = ["Diagnosis", "PollResult", "PollStats", "StatusTally", "SystemicWatch"]
+__all__ = [
+    "Diagnosis",
+    "PollResult",
+    "PollStats",
+    "RunResult",
+    "StatusTally",
+    "SystemicWatch",
+]
 
 
 @attrs.frozen
@@ -95,6 +102,48 @@ class PollStats:
     sweeps: int = 0
     #: Pages of the list fetched (counted in ``requests`` too).
     sweep_pages: int = 0
+    #: Predictions created by :meth:`PollManager.run` and ``run_many``
+    #: (their creates are not counted in ``requests``).
+    created: int = 0
+    #: Records handed over by :meth:`PollManager.push` (webhooks) for an id
+    #: being tracked.
+    pushed: int = 0
+
+
+@attrs.frozen
+class RunResult:
+    """How one input of :meth:`PollManager.run_many` ended.
+
+    Attributes:
+        index: The input's position in what was passed (results come in the
+            order predictions finish).
+        input: The input itself.
+        prediction: The terminal record; on error, the last record seen (or
+            ``None`` when the prediction was never created).
+        error: ``None`` if a terminal record arrived; otherwise what ended
+            it: a :class:`~replipoll.RequestError` from the create (nothing
+            was created, or :class:`~replipoll.PredictionMayExistError`),
+            or one from polling (:class:`~replipoll.PollTimeout`...).
+    """
+
+    index: int
+    input: Mapping[str, Any]
+    prediction: Prediction | None
+    error: BaseException | None = None
+
+    @property
+    def id(self) -> str | None:
+        """The prediction's id, if it was created."""
+        return None if self.prediction is None else self.prediction.id
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the prediction reached ``succeeded``."""
+        return (
+            self.error is None
+            and self.prediction is not None
+            and self.prediction.status == "succeeded"
+        )
 
 
 class StatusTally:

@@ -202,8 +202,13 @@ class ApiRequest(NamedTuple):
     method: str
     #: Relative to the base URL, without a leading slash.
     path: str
-    #: The prediction asked about: the answer must be its record.
+    #: The prediction asked about: the answer must be its record (``""``
+    #: for a request that names none: a create, a page of the list).
     prediction_id: str
+    #: The JSON body of a POST that carries one (a create), else ``None``.
+    body: bytes | None = None
+    #: Headers of this request only (``Content-Type``, ``Prefer``...).
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def for_prediction(

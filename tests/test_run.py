@@ -1,0 +1,166 @@
+"""PollManager.run / run_many / push: create and wait, resolved by whoever is first.
+
+The create's answer serves as the first poll; a pushed record (a webhook)
+resolves the waiting future at once; an id whose webhook is expected is
+polled only as a safety net, so a lost webhook costs delay, never the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from replipoll import (
+    BadRequestError,
+    Client,
+    PollManager,
+    PollPolicy,
+    Prediction,
+    RunResult,
+    Status,
+)
+from replipoll.testing import FakeReplicate
+
+QUICK = PollPolicy(min_interval=0.05, age_factor=0.0, max_interval=0.05, jitter=0)
+
+
+def _client(server: FakeReplicate) -> Client:
+    return Client(base_url=server.base_url(), api_key=server.api_key)
+
+
+def _gets(server: FakeReplicate, pid: str) -> int:
+    return server.stats.requests_per_id[pid]
+
+
+async def test_run_creates_and_waits_and_its_answer_is_the_first_poll(
+    fake_replicate: FakeReplicate,
+) -> None:
+    async with (
+        _client(fake_replicate) as client,
+        PollManager(client, policy=QUICK, sweep=False) as manager,
+    ):
+        done = await manager.run("acme/echo", input={"replipoll_duration": 0.3})
+        stats = manager.stats
+    assert done.status == "succeeded"
+    assert stats.created == 1
+    assert fake_replicate.stats.creations == 1
+    # Polled every 0.05 s for 0.3 s: a handful of GETs, none at once.
+    assert 1 <= _gets(fake_replicate, done.id) <= 10
+
+
+async def test_run_in_sync_mode_needs_no_poll(fake_replicate: FakeReplicate) -> None:
+    async with _client(fake_replicate) as client, PollManager(client) as manager:
+        done = await manager.run("acme/echo", input={"replipoll_duration": 0.2}, wait=5)
+    assert done.status == "succeeded"
+    assert _gets(fake_replicate, done.id) == 0
+
+
+async def test_a_pushed_record_resolves_the_waiting_future_at_once(
+    fake_replicate: FakeReplicate,
+) -> None:
+    seen: list[str] = []
+    pid = fake_replicate.add_prediction(duration=60)
+    async with (
+        _client(fake_replicate) as client,
+        PollManager(
+            client, on_update=lambda p: seen.append(str(p.status)), sweep=False
+        ) as manager,
+    ):
+        future = manager.submit(pid, webhook=True)
+        await asyncio.sleep(0.2)  # its first GET: processing
+        pushed = Prediction(id=pid, status=Status.SUCCEEDED, output="pushed")
+        assert manager.push(pushed) is True
+        record = await asyncio.wait_for(future, 1)
+        stats = manager.stats
+    assert record.output == "pushed"
+    assert stats.pushed == 1
+    assert seen[-1] == "succeeded"
+    assert _gets(fake_replicate, pid) == 1  # the first GET only
+
+
+async def test_a_push_that_beats_the_submit_is_kept_for_it(
+    fake_replicate: FakeReplicate,
+) -> None:
+    pid = fake_replicate.add_prediction(duration=60)
+    async with _client(fake_replicate) as client, PollManager(client) as manager:
+        early = Prediction(id=pid, status=Status.FAILED, error="boom")
+        assert manager.push(early) is False
+        running = Prediction(id="other", status=Status.PROCESSING)
+        assert manager.push(running) is False  # not terminal: not kept
+        record = await asyncio.wait_for(manager.wait(pid), 1)
+    assert record.error == "boom"
+    assert _gets(fake_replicate, pid) == 0
+
+
+async def test_push_refuses_what_is_not_a_record(fake_replicate: FakeReplicate) -> None:
+    async with _client(fake_replicate) as client, PollManager(client) as manager:
+        with pytest.raises(TypeError, match="Prediction"):
+            manager.push({"id": "x", "status": "succeeded"})  # type: ignore[arg-type]
+
+
+async def test_a_lost_webhook_costs_delay_never_the_result(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """No push ever comes: the safety polls find the result, and only they."""
+    async with (
+        _client(fake_replicate) as client,
+        PollManager(
+            client, policy=QUICK, sweep=False, safety_interval=0.5, webhook_grace=0.1
+        ) as manager,
+    ):
+        done = await asyncio.wait_for(
+            manager.run(
+                "acme/echo",
+                input={"replipoll_duration": 0.6},
+                webhook="http://127.0.0.1:9/never",
+            ),
+            5,
+        )
+    assert done.status == "succeeded"
+    # Safety polls every 0.5 s, not the policy's every 0.05 s.
+    assert 1 <= _gets(fake_replicate, done.id) <= 3
+
+
+async def test_run_many_yields_as_each_ends_and_one_failure_stays_its_own(
+    fake_replicate: FakeReplicate,
+) -> None:
+    inputs = [
+        {"n": 0, "replipoll_duration": 0.6},
+        {"n": 1, "replipoll_duration": "bad"},  # refused: 422
+        {"n": 2, "replipoll_duration": 0.1},
+    ]
+    async with (
+        _client(fake_replicate) as client,
+        PollManager(client, policy=QUICK, sweep=False) as manager,
+    ):
+        results = [r async for r in manager.run_many(inputs, "acme/echo")]
+        stats = manager.stats
+    assert all(isinstance(r, RunResult) for r in results)
+    assert [r.index for r in results][-1] == 0  # the slowest ends last
+    by_index = {r.index: r for r in results}
+    assert by_index[0].succeeded
+    assert by_index[2].succeeded
+    assert by_index[2].input == inputs[2]
+    assert isinstance(by_index[1].error, BadRequestError)
+    assert by_index[1].prediction is None
+    assert by_index[1].id is None
+    assert stats.created == 2
+    assert fake_replicate.stats.creations == 2
+
+
+async def test_leaving_run_many_early_leaks_no_task(
+    fake_replicate: FakeReplicate,
+) -> None:
+    inputs = [{"n": n, "replipoll_duration": 0.05 if n == 0 else 30} for n in range(5)]
+    async with _client(fake_replicate) as client, PollManager(client) as manager:
+        async with contextlib.aclosing(manager.run_many(inputs, "acme/echo")) as it:
+            async for result in it:
+                assert result.index == 0
+                break
+        left = [
+            t
+            for t in asyncio.all_tasks()
+            if not t.done() and "run_many.<locals>" in repr(t.get_coro())
+        ]
+    assert left == []
