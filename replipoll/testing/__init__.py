@@ -35,7 +35,14 @@ Command line: ``python -m replipoll.testing --scenario demo``.  Pytest: add
 """
 
 from ._cli import main, run_server
-from ._faults import ANSWER_FAULTS, CHAOS_FAULTS, HOSTILE_FAULTS, Fault
+from ._create import CreateRecord
+from ._faults import (
+    ANSWER_FAULTS,
+    CHAOS_FAULTS,
+    HOSTILE_FAULTS,
+    LOST_ANSWER_FAULTS,
+    Fault,
+)
 from ._http import PREFIXES, ErrorStyle
 from ._records import Timeline
 from ._scenarios import SCENARIOS, load_scenario
@@ -50,8 +57,10 @@ __all__ = [
     "DEFAULT_MODELS",
     "HOSTILE_FAULTS",
     "LIST_OMITS",
+    "LOST_ANSWER_FAULTS",
     "PREFIXES",
     "SCENARIOS",
+    "CreateRecord",
     "ErrorStyle",
     "FakeClock",
     "FakeReplicate",

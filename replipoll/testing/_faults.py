@@ -58,6 +58,22 @@ class Fault:
             answered instead (``None``: a made-up one).
         offset: For :meth:`echoed_key`: filler characters before the key.
         where: For :meth:`echoed_key`: where the key is echoed.
+        after: Strike once the server has handled the request; see
+            :meth:`after_handling`.
+
+    When a fault strikes -- which matters for a create: is there a
+    prediction?  By default :meth:`reset` and the canned answers
+    (:meth:`status`, :meth:`rate_limited`, :meth:`server_error`,
+    :meth:`bad_gateway_html`, :meth:`unavailable_comet`,
+    :meth:`gateway_timeout_empty`, :meth:`cloudflare_timeout`,
+    :meth:`html_200`, :meth:`echoed_key` but ``where="status"``) strike
+    *before* the request is handled: the request "never reached" the API, a
+    create made no prediction, a cancel cancelled nothing.  The others
+    (:meth:`slow`, :meth:`truncated_json`, :meth:`truncated_body` and the
+    hostile faults) spoil the normal answer, so the request *was* handled:
+    a create made its prediction.  :meth:`after_handling` makes any fault
+    strike after handling (:data:`LOST_ANSWER_FAULTS`: the usual ways an
+    answer is lost).
 
     Hostile faults (:data:`HOSTILE_FAULTS`) that rework the normal answer
     (:meth:`huge_body`, :meth:`gzip_bomb`, :meth:`endless_body`,
@@ -80,6 +96,24 @@ class Fault:
     other: str | None = None
     offset: int = 0
     where: str = ""
+    after: bool = False
+
+    def after_handling(self) -> Fault:
+        """Return this fault, striking after the server has handled the request.
+
+        The request is handled as usual (a create makes its prediction, a
+        cancel cancels), its answer thrown away, then the fault strikes:
+        :meth:`reset` closes the connection, a canned answer is sent
+        instead, :meth:`slow` holds the answer back for its delay (the
+        prediction exists meanwhile).  Faults that spoil the normal answer
+        already strike after handling; for them this changes nothing.
+
+        Example:
+            >>> fault = Fault.reset().after_handling()
+            >>> fault.kind, fault.after
+            ('reset', True)
+        """
+        return attrs.evolve(self, after=True)
 
     @classmethod
     def status(
@@ -405,6 +439,22 @@ ANSWER_FAULTS: Final = (
     Fault.truncated_body(),
 )
 
+#: The ways a handled request's answer is lost on the way back, each
+#: :meth:`Fault.after_handling`: a reset, a body cut short, an nginx 502 page,
+#: an empty 504, a Cloudflare 524.  Aimed at creates (``add_fault(...,
+#: creates=True)``), each leaves a prediction the client never heard of: a
+#: client that simply retries makes a second one.
+LOST_ANSWER_FAULTS: Final = tuple(
+    fault.after_handling()
+    for fault in (
+        Fault.reset(),
+        Fault.truncated_body(),
+        Fault.bad_gateway_html(),
+        Fault.gateway_timeout_empty(),
+        Fault.cloudflare_timeout(),
+    )
+)
+
 #: What :meth:`FakeReplicate.set_chaos` draws from by default: every kind,
 #: with pauses short enough for tests.
 CHAOS_FAULTS: Final = (Fault.rate_limited(0.05), *ANSWER_FAULTS, Fault.slow(0.05))
@@ -433,6 +483,7 @@ class _Armed:
     prediction_id: str | None
     files: bool
     remaining: int | None
+    creates: bool = False
 
 
 @attrs.define
@@ -441,6 +492,7 @@ class FaultPlan:
 
     _armed: list[_Armed] = attrs.Factory(list)
     _chaos: float = 0.0
+    _chaos_creates: bool = False
     _menu: tuple[Fault, ...] = CHAOS_FAULTS
     _rng: random.Random = attrs.Factory(random.Random)
 
@@ -450,14 +502,23 @@ class FaultPlan:
         return bool(self._armed or self._chaos)
 
     def add(
-        self, fault: Fault, prediction_id: str | None, times: int | None, files: bool
+        self,
+        fault: Fault,
+        prediction_id: str | None,
+        times: int | None,
+        files: bool,
+        creates: bool = False,
     ) -> None:
         """Queue *fault*; see :meth:`FakeReplicate.add_fault`."""
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
         if files and fault.kind in _API_ONLY:
             raise ValueError(f"Fault.{fault.kind} applies to API requests, not files")
-        self._armed.append(_Armed(fault, prediction_id, files, times))
+        if creates and (files or prediction_id is not None):
+            raise ValueError(
+                "creates=True aims at create requests: no files, no prediction_id"
+            )
+        self._armed.append(_Armed(fault, prediction_id, files, times, creates))
 
     def remove(self, fault: Fault) -> None:
         """Drop the queued entries of *fault*, whatever they have left."""
@@ -469,7 +530,11 @@ class FaultPlan:
         self._chaos = 0.0
 
     def set_chaos(
-        self, probability: float, kinds: Iterable[Fault | str] | None, seed: int
+        self,
+        probability: float,
+        kinds: Iterable[Fault | str] | None,
+        seed: int,
+        creates: bool = False,
     ) -> None:
         """Draw faults at random; see :meth:`FakeReplicate.set_chaos`."""
         if not 0 <= probability <= 1:
@@ -483,28 +548,45 @@ class FaultPlan:
         if probability and not menu:
             raise ValueError("chaos needs at least one fault kind")
         self._chaos, self._menu = probability, tuple(menu)
+        self._chaos_creates = creates
         self._rng = random.Random(seed)
 
-    def pick(self, api: bool, files: bool, prediction_id: str | None) -> Fault | None:
+    def pick(
+        self,
+        api: bool,
+        files: bool,
+        prediction_id: str | None,
+        create: bool = False,
+    ) -> Fault | None:
         """Return the fault for the next request, if any.
 
         Args:
             api: It is an API request.
             files: It is a file download.
             prediction_id: The prediction in its path, if any.
+            create: It is a create request.
         """
         if not (api or files):
             return None
         for i, armed in enumerate(self._armed):
-            if armed.files is files and armed.prediction_id in (None, prediction_id):
+            if (
+                armed.files is files
+                and armed.prediction_id in (None, prediction_id)
+                and (create or not armed.creates)
+            ):
                 if armed.remaining is not None:
                     armed.remaining -= 1
                     if not armed.remaining:
                         del self._armed[i]
                 return armed.fault
-        # Chaos only hits GET and cancel (paths with an id): not creates, whose
-        # retries would duplicate predictions, nor downloads.
+        # Chaos hits GET and cancel (paths with an id), creates only when
+        # asked (a retried create may duplicate a prediction), never downloads.
         chaos = self._chaos
-        if api and prediction_id is not None and chaos and self._rng.random() < chaos:
+        if (
+            api
+            and chaos
+            and (prediction_id is not None or (create and self._chaos_creates))
+            and self._rng.random() < chaos
+        ):
             return self._rng.choice(self._menu)
         return None

@@ -24,9 +24,10 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ._create import CreateBudget, CreateRecord, Invalid, hold, read_create, retry_after
 from ._faults import Fault, FaultPlan
 from ._listing import CreatedIndex, Cursor, parse_date_time, select
-from ._records import Prediction, render, served_file
+from ._records import Prediction, render, served_file, timestamp
 from ._stats import RequestRecord, ServerStats
 
 ErrorStyle = Literal["auto", "replicate", "comet"]
@@ -74,13 +75,6 @@ def _json(
     return web.Response(status=status, body=body, content_type=ctype)
 
 
-def _number(value: object) -> bool:
-    """Whether *value* is a JSON number >= 0 (``true`` is not a number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return value >= 0
-
-
 @attrs.define(eq=False)
 class Api:
     """The aiohttp app of a :class:`FakeReplicate` and what it counts."""
@@ -99,7 +93,10 @@ class Api:
     early_grace: float
     list_lag: float
     list_omits: frozenset[str]
+    create_budget: CreateBudget | None = None
     stats: ServerStats = attrs.field(init=False, factory=ServerStats)
+    #: Predictions created through the API, in creation order.
+    created: list[CreateRecord] = attrs.field(init=False, factory=list)
     paused_until: float = float("-inf")
     pause_started: float = float("-inf")
     _ids: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
@@ -125,7 +122,10 @@ class Api:
             add_post(f"{prefix}/predictions", self._create)
             add_get(f"{prefix}/predictions/{_ID}", self._get)
             add_post(f"{prefix}/predictions/{_ID}/cancel", self._cancel)
-            add_post(f"{prefix}/models/{{owner}}/{{name}}/predictions", self._create)
+            add_post(
+                f"{prefix}/{{kind:models|deployments}}/{{owner}}/{{name}}/predictions",
+                self._create,
+            )
         add_get(f"{_FILES}{_ID}/{{name}}", self._file)
         return app
 
@@ -142,6 +142,7 @@ class Api:
         path = request.path
         api = path.startswith(_API)
         pid = request.match_info.get("id")
+        create = False
         if api:
             stats.in_flight += 1
             stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
@@ -151,15 +152,21 @@ class Api:
                     stats.early_requests += 1
             if pid is not None:
                 stats.requests_per_id[pid] += 1
-            elif path in _LIST and request.method == "GET":
-                stats.list_requests += 1
+            elif request.method == "GET":
+                if path in _LIST:
+                    stats.list_requests += 1
+            elif request.method == "POST" and (
+                path in _LIST or "owner" in request.match_info
+            ):
+                create = True
+                stats.create_requests += 1
         fault = None
         try:
             if api and self.latency:
                 await asyncio.sleep(self.latency)
             answer = functools.partial(self._answer, request, handler, api)
             if self.faults.active:
-                fault = self.faults.pick(api, path.startswith(_FILES), pid)
+                fault = self.faults.pick(api, path.startswith(_FILES), pid, create)
             if fault is None:
                 response = await answer()
             else:
@@ -182,6 +189,8 @@ class Api:
     ) -> web.StreamResponse:
         """Produce what the client sees when *fault* hits *request*."""
         kind = fault.kind
+        if fault.after:  # handle the request first, then spoil the answer
+            answer = _ready(await answer())
         if kind == "slow":
             await asyncio.sleep(fault.delay)
             return await answer()
@@ -360,35 +369,59 @@ class Api:
         return _json(self._render(request, p, now))
 
     async def _create(self, request: web.Request) -> web.StreamResponse:
-        # Prefer: wait=N is not honoured: the answer comes at once, which the
-        # API allows (the prediction may still be running when it returns).
+        """Create a prediction; ``_create`` reads the request, budget and wait."""
+        budget = self.create_budget
+        if budget is not None:  # checked first: a throttled request does nothing
+            wait = budget.spend(self.clock())
+            if wait:
+                self.stats.creates_throttled += 1
+                response = self._error(
+                    request, 429, budget.detail(wait), title="Request was throttled"
+                )
+                response.headers["Retry-After"] = retry_after(wait)
+                return response
         try:
             body = await request.json()
         except ValueError:
             return self._error(request, 400, "Request body is not valid JSON.")
-        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
-            return self._error(request, 422, "- input: required object", title=_INVALID)
-        match = request.match_info
-        if "owner" in match:
-            model = f"{match['owner']}/{match['name']}"
-        else:
-            version = body.get("version")
-            if not isinstance(version, str) or not version:
-                return self._error(request, 422, "- version: required", title=_INVALID)
-            model = version.partition(":")[0] if "/" in version else "owner/model"
-        script = body["input"]
-        queue = script.get("replipoll_queue", 0.0)
-        duration = script.get("replipoll_duration", 1.0)
-        outcome = script.get("replipoll_outcome", "succeeded")
-        if not (_number(queue) and _number(duration) and isinstance(outcome, str)):
-            detail = (
-                "- input: bad replipoll_queue, replipoll_duration or replipoll_outcome"
+        try:
+            spec = read_create(request.match_info, request.headers, body)
+        except Invalid as exc:
+            return self._error(request, 422, str(exc), title=_INVALID)
+        pid = self.add_prediction(**spec.script)
+        p = self.predictions[pid]
+        # Replicate's extra fields never change: rendered once, as extras.
+        fields: dict[str, Any] = {}
+        if spec.deployment is not None:
+            p.deployment = fields["deployment"] = spec.deployment
+        if spec.cancel_after is not None:
+            p.set_deadline(p.created + spec.cancel_after)
+            style = zlib.crc32(pid.encode()) % 3  # as render picks it
+            at = p.created + spec.cancel_after + self.wall_offset
+            fields["deadline"] = timestamp(at, style)
+        if spec.webhook is not None:
+            p.webhook = fields["webhook"] = spec.webhook
+            p.webhook_events_filter = spec.events
+            fields["webhook_events_filter"] = list(spec.events)
+        p.extra = fields or None
+        self.stats.creations += 1
+        self.created.append(
+            CreateRecord(
+                pid,
+                p.input,
+                p.model,
+                spec.deployment,
+                spec.webhook,
+                spec.events,
+                spec.wait,
+                p.deadline,
+                p.created,
+                REQUEST_ID.get(),
             )
-            return self._error(request, 422, detail, title=_INVALID)
-        pid = self.add_prediction(
-            queue=queue, duration=duration, outcome=outcome, input=script, model=model
         )
-        return _json(self._render(request, self.predictions[pid], self.clock()), 201)
+        if spec.wait is not None:
+            await hold(p, self.clock, spec.wait)
+        return _json(self._render(request, p, self.clock()), 201)
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
         """``GET /predictions``: keyset pages, newest first (see ``_listing``)."""
@@ -449,6 +482,15 @@ class Api:
         if body is None:
             return web.Response(status=404, text="Not Found")
         return web.Response(body=body, content_type="application/octet-stream")
+
+
+def _ready(response: web.StreamResponse) -> Answer:
+    """An :data:`Answer` that gives *response*, already made."""
+
+    async def answer() -> web.StreamResponse:
+        return response
+
+    return answer
 
 
 async def _truncate(

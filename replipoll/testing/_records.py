@@ -55,13 +55,25 @@ class Prediction:
     canceled_at: float | None = None
     #: Steps of a tqdm progress bar printed while processing; 0: none.
     steps: int = 0
+    #: Server-side deadline (``Cancel-After``), monotonic seconds; see
+    #: :meth:`set_deadline`.
+    deadline: float | None = None
+    #: The ``webhook`` URL given at create (stored; this module sends nothing).
+    webhook: str | None = None
+    #: The ``webhook_events_filter`` given at create (all four events when a
+    #: webhook came without one; empty without a webhook).
+    webhook_events_filter: tuple[str, ...] = ()
+    #: ``owner/name`` of the deployment it was created through, if any.
+    deployment: str | None = None
 
     def timeline(self, now: float) -> tuple[str, float | None, float | None]:
         """Return ``(status, started, completed)`` at monotonic time *now*.
 
         ``started``/``completed`` are monotonic seconds or ``None``.  An
         ``aborted`` prediction spends ``queue + duration`` in ``starting`` and
-        never starts; a cancel freezes the prediction at the moment it came.
+        never starts; a cancel freezes the prediction at the moment it came;
+        a deadline that passes first ends it ``aborted`` if it had not
+        started, else ``canceled``.
         """
         start = self.created + self.queue
         end = start + self.duration
@@ -69,6 +81,8 @@ class Prediction:
         cancel = self.canceled_at
         if cancel is not None and now >= cancel:
             started = start if not aborted and start <= cancel else None
+            if started is None and cancel == self.deadline:
+                return "aborted", None, cancel
             return "canceled", started, cancel
         if now < start or (aborted and now < end):
             return "starting", None, None
@@ -86,8 +100,20 @@ class Prediction:
 
     def cancel(self, now: float) -> None:
         """Cancel at *now* unless the prediction is already final then."""
-        if self.canceled_at is None and now < self.created + self.queue + self.duration:
+        # canceled_at may hold a deadline still to come: a cancel beats it.
+        end = self.created + self.queue + self.duration
+        if (self.canceled_at is None or now < self.canceled_at) and now < end:
             self.canceled_at = now
+
+    def set_deadline(self, at: float) -> None:
+        """Give the prediction a deadline at monotonic time *at* (``Cancel-After``).
+
+        If it is not final by then, it ends at *at*: ``aborted`` (never
+        started, not charged) if it was still ``starting``, else ``canceled``.
+        A cancel that comes first wins.
+        """
+        self.deadline = at
+        self.cancel(at)
 
 
 @attrs.frozen

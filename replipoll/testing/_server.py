@@ -12,6 +12,7 @@ from typing import Any, Final
 import attrs
 from aiohttp import web
 
+from ._create import CreateBudget, CreateRecord
 from ._faults import Fault, FaultPlan
 from ._http import Api, ErrorStyle
 from ._listing import CreatedIndex
@@ -74,16 +75,47 @@ class FakeReplicate:
             while ``GET /predictions/{id}`` shows it as it is.
         list_omits: Top-level keys list items leave out (default: ``logs``
             and ``version``); ``frozenset()`` serves full records.
+        create_rate_limit: Create requests a second this key may make (a
+            budget apart from other requests', as on Replicate: 10 a second,
+            0.1 for an account low on credit); ``None``: no limit.  Over it a
+            create gets a 429 as Replicate words it for low credit, with
+            ``Retry-After`` (seconds to the next free request, to the
+            millisecond), and creates nothing.  Measured on *clock*.
+        create_burst: Creates allowed at once (the bucket's size, full at
+            the start), >= 1.
 
     Endpoints, under both ``/v1`` and ``/replicate/v1``:
 
     - ``GET /predictions/{id}``; ``POST /predictions/{id}/cancel``.
-    - ``POST /predictions`` (``version`` + ``input``) and
-      ``POST /models/{owner}/{name}/predictions`` (``input``): 201 with a new
-      prediction, scripted by the input keys ``replipoll_queue`` (default 0),
-      ``replipoll_duration`` (1) and ``replipoll_outcome`` (``succeeded``).
-      ``Prefer: wait`` is accepted but not waited on: the answer comes at
-      once, as the API allows, usually still ``processing``.
+    - ``POST /predictions`` (``version`` + ``input``),
+      ``POST /models/{owner}/{name}/predictions`` and
+      ``POST /deployments/{owner}/{name}/predictions`` (``input``): 201 with
+      a new prediction, scripted by the input keys ``replipoll_queue``
+      (default 0), ``replipoll_duration`` (1) and ``replipoll_outcome``
+      (``succeeded``); ``replipoll_model`` names the model of a deployment
+      (default: the deployment's name) or of a bare version id.  A
+      deployment's predictions carry ``"deployment": "owner/name"``.
+
+      - ``Prefer: wait=N`` (1 to 60; ``wait`` alone: 60), sync mode: the
+        answer waits, in real time, until the prediction is final or N
+        seconds of *clock* passed, then shows it as it stands (maybe still
+        ``starting`` or ``processing``).  A hand-driven clock that nobody
+        moves during a 20 ms look answers at once.  A bad ``wait`` value is
+        a 422 (Replicate's schema allows only these); other preferences are
+        ignored.
+      - ``Cancel-After`` (``90``, ``30s``, ``5m``, ``1h30m``; Replicate's
+        5-second minimum is not enforced): a deadline, shown as
+        ``"deadline"``, after which the prediction ends ``aborted`` if
+        still ``starting`` (no ``predict_time``), ``canceled`` if running.
+        A bad value is a 422 naming the header.
+      - ``webhook`` and ``webhook_events_filter`` (a list of ``start``,
+        ``output``, ``logs``, ``completed``; default all four) are checked
+        (a 422 for a bad one), stored and shown in the record; no webhook
+        is sent.
+      - Bad JSON is a 400; a missing ``input`` (or ``version``), a bad
+        script or header a 422; over *create_rate_limit* a 429.  Only a
+        201 creates a prediction (:meth:`created`,
+        :attr:`ServerStats.creations`).
     - ``GET /predictions``: every prediction created so far, newest first,
       100 a page, ``{"next", "previous", "results"}``; ``created_after``
       (inclusive) and ``created_before`` (exclusive) take ISO 8601
@@ -138,6 +170,15 @@ class FakeReplicate:
     list_omits: frozenset[str] = attrs.field(
         default=LIST_OMITS, kw_only=True, converter=_key_set, on_setattr=_frozen
     )
+    create_rate_limit: float | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.optional(attrs.validators.gt(0.0)),
+        on_setattr=_frozen,
+    )
+    create_burst: int = attrs.field(
+        default=1, kw_only=True, validator=attrs.validators.ge(1), on_setattr=_frozen
+    )
 
     _predictions: dict[str, Prediction] = attrs.field(init=False, factory=dict)
     _index: CreatedIndex = attrs.field(init=False, factory=CreatedIndex)
@@ -167,6 +208,9 @@ class FakeReplicate:
             early_grace=self.early_grace,
             list_lag=self.list_lag,
             list_omits=self.list_omits,
+            create_budget=None
+            if self.create_rate_limit is None
+            else CreateBudget(self.create_rate_limit, self.create_burst),
         )
         self._app = self._api.build_app()
 
@@ -361,11 +405,14 @@ class FakeReplicate:
         prediction_id: str | None = None,
         times: int | None = 1,
         files: bool = False,
+        creates: bool = False,
     ) -> None:
         """Inject *fault* into the next *times* matching requests.
 
         Faults hit before authentication, in the order they were added, and
-        before any chaos (:meth:`set_chaos`).
+        before any chaos (:meth:`set_chaos`).  Whether a create they hit
+        made its prediction depends on the fault: see :class:`Fault` and
+        :meth:`Fault.after_handling`.
 
         Args:
             fault: What to do.
@@ -375,15 +422,18 @@ class FakeReplicate:
                 :meth:`clear_faults`.
             files: Match file downloads (``/files/{prediction_id}/...``)
                 instead of API requests.
+            creates: Match create requests only (``POST`` on
+                ``/predictions``, ``/models/.../predictions``,
+                ``/deployments/.../predictions``), which name no prediction.
 
         Raises:
             ValueError: *times* is below 1, a :meth:`Fault.mismatched_id`
-                names no prediction of this server, or a fault for API
+                names no prediction of this server, a fault for API
                 requests only (``mismatched_id``, ``echoed_key``) is given
-                *files*.
+                *files*, or *creates* comes with *files* or *prediction_id*.
         """
         self._check(fault)
-        self._faults.add(fault, prediction_id, times, files)
+        self._faults.add(fault, prediction_id, times, files, creates)
 
     def remove_fault(self, fault: Fault) -> None:
         """Stop injecting *fault* (every :meth:`add_fault` of it), now.
@@ -403,10 +453,11 @@ class FakeReplicate:
         kinds: Iterable[Fault | str] | None = None,
         *,
         seed: int | None = None,
+        creates: bool = False,
     ) -> None:
         """Give each GET and cancel of a prediction a random fault.
 
-        Creates, lists and downloads are left alone.
+        Lists and downloads are left alone, and creates unless *creates*.
 
         Args:
             probability: Chance per request, from 0 (off) to 1.
@@ -414,6 +465,9 @@ class FakeReplicate:
                 of :data:`CHAOS_FAULTS`; default: all of :data:`CHAOS_FAULTS`.
             seed: Seed of the draws (default: the server's *seed*); the same
                 seed and request order give the same faults.
+            creates: Create requests get faults too, from the same *kinds*
+                (add :data:`LOST_ANSWER_FAULTS` to lose answers of created
+                predictions).
 
         Raises:
             ValueError: Bad probability, unknown kind name, no kinds, or a
@@ -423,7 +477,8 @@ class FakeReplicate:
         for kind in kinds or ():
             if isinstance(kind, Fault):
                 self._check(kind)
-        self._faults.set_chaos(probability, kinds, self.seed if seed is None else seed)
+        seed = self.seed if seed is None else seed
+        self._faults.set_chaos(probability, kinds, seed, creates)
 
     def _check(self, fault: Fault) -> None:
         other = fault.other
@@ -458,6 +513,17 @@ class FakeReplicate:
             gateway=False,
             retention=self.retention,
         )
+
+    def created(self) -> list[CreateRecord]:
+        """Return the predictions created through the API, oldest first.
+
+        Each :class:`CreateRecord` holds the id, the ``input`` sent, the
+        model, deployment, webhook fields, sync wait and deadline asked for,
+        and the create's request id: enough to prove that a client created
+        each thing once.  Predictions scripted with :meth:`add_prediction`
+        are not in it.
+        """
+        return list(self._api.created)
 
     def now(self) -> float:
         """Return the server's clock reading (what :meth:`timeline` counts in)."""

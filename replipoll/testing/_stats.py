@@ -33,6 +33,14 @@ class ServerStats:
         cancel_requests: Cancel requests per prediction id.
         list_requests: List requests (``GET /predictions``), every one that
             arrived: those a fault answered or a wrong key refused too.
+        create_requests: Create requests (``POST`` on ``/predictions``,
+            ``/models/.../predictions`` or ``/deployments/.../predictions``),
+            every one that arrived, like :attr:`list_requests`.
+        creations: Predictions actually created through the API (a create
+            refused, throttled or faulted before handling makes none; see
+            :meth:`FakeReplicate.created`).
+        creates_throttled: Create requests refused with a 429 by the
+            server's ``create_rate_limit`` (not those of a fault).
         in_flight: API requests being handled right now.
         peak_in_flight: Highest :attr:`in_flight` seen.  Handlers answer
             without pausing, so requests overlap only while a ``latency`` or a
@@ -55,6 +63,9 @@ class ServerStats:
     requests_per_id: Counter[str] = attrs.Factory(Counter)
     cancel_requests: Counter[str] = attrs.Factory(Counter)
     list_requests: int = 0
+    create_requests: int = 0
+    creations: int = 0
+    creates_throttled: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
     early_requests: int = 0
