@@ -368,3 +368,51 @@ async def test_the_key_and_headers_reach_the_server(
     assert headers["Prefer"] == "wait=3"
     assert headers["Cancel-After"] == "5m"
     assert body == {"input": {"x": [1, 2]}}
+
+
+# -- chaos: the server counts what was created ----------------------------------
+
+
+async def test_under_chaos_no_input_is_ever_created_twice() -> None:
+    """Random faults on creates, before and after handling: each input's
+    prediction exists at most once, every success names a real one, and
+    every input that may exist was flagged, never silently lost."""
+    from replipoll.testing import CHAOS_FAULTS, LOST_ANSWER_FAULTS
+
+    async with FakeReplicate(seed=7) as server:
+        server.set_chaos(
+            0.5, [*CHAOS_FAULTS, *LOST_ANSWER_FAULTS], seed=11, creates=True
+        )
+        timeouts = replipoll.Timeouts(total=2.0, connect=1.0)
+        async with Client(
+            base_url=server.base_url(),
+            api_key=server.api_key,
+            retry=FAST,
+            timeouts=timeouts,
+        ) as client:
+            outcomes = await asyncio.gather(
+                *(client.create("acme/echo", input={"n": n}) for n in range(120)),
+                return_exceptions=True,
+            )
+        created = server.created()
+    by_input: dict[int, list[str]] = {}
+    for record in created:
+        by_input.setdefault(record.input["n"], []).append(record.id)
+    assert all(len(ids) == 1 for ids in by_input.values()), "created twice"
+    assert server.stats.creations == len(created) == len(by_input)
+    uncertain = 0
+    for n, outcome in enumerate(outcomes):
+        if isinstance(outcome, replipoll.Prediction):
+            assert by_input[n] == [outcome.id]
+        elif isinstance(outcome, PredictionMayExistError):
+            uncertain += 1
+        else:
+            # Refused or never sent (retries used up): nothing was created.
+            assert isinstance(outcome, replipoll.RequestError), outcome
+            assert n not in by_input, (n, outcome)
+    # Every created input is accounted for: a success or a "may exist".
+    successes = sum(isinstance(o, replipoll.Prediction) for o in outcomes)
+    assert successes + uncertain >= len(by_input)
+    assert successes > 0
+    assert uncertain > 0  # the chaos did lose answers of created predictions
+    assert server.stats.create_requests > len(outcomes)  # and some were retried
