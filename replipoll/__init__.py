@@ -29,6 +29,7 @@ from ._errors import (
     ManagerClosedError,
     MismatchedIdError,
     MissingAPIKeyError,
+    NoStreamError,
     NotFoundError,
     PollTimeout,
     RateLimitedError,
@@ -52,6 +53,7 @@ from ._providers import PROVIDERS, Provider, Timeouts
 from ._results import Diagnosis
 from ._retry import Retrying, RetryPolicy
 from ._schedule import PollPolicy, RateBudget
+from ._sse import StreamEvent
 from ._version import VERSION as __version__
 
 __all__ = [
@@ -76,6 +78,7 @@ __all__ = [
     "ManagerClosedError",
     "MismatchedIdError",
     "MissingAPIKeyError",
+    "NoStreamError",
     "NotFoundError",
     "PollManager",
     "PollPolicy",
@@ -98,6 +101,7 @@ __all__ = [
     "SavedFile",
     "ServerError",
     "Status",
+    "StreamEvent",
     "Timeouts",
     "TransportError",
     "__version__",

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from types import TracebackType
 from typing import Final, Self
@@ -36,6 +36,8 @@ from ._providers import Provider, Timeouts, get_provider
 from ._retry import RetryPolicy, call_with_retries
 from ._sansio import ApiRequest, Redactor, normalize_base_url
 from ._schedule import PollPolicy, RateBudget
+from ._sse import Reconnects, StreamEvent
+from ._stream import follow_stream
 from ._transport import DEFAULT_MAX_ANSWER_SIZE, Transport
 from ._version import VERSION
 
@@ -365,6 +367,77 @@ class Client:
             assert timeout is not None
             failure = PollTimeout(prediction_id, timeout, last)
         raise failure
+
+    def stream(
+        self, prediction: Prediction | str, *, last_event_id: str | None = None
+    ) -> AsyncGenerator[StreamEvent]:
+        """Yield a prediction's server-sent events as it runs, until ``done``.
+
+        Given an id, the prediction is fetched first (like :meth:`get`) to
+        learn its ``urls.stream``; given a record, that record's is used.
+        Events are ``output`` (a piece of output), ``logs``, ``error`` (the
+        prediction failed: yielded, not raised) and ``done`` (the last;
+        its data is ``{}`` or says why, e.g. ``{"reason": "canceled"}``).
+
+        A stream that breaks off (Replicate cuts them after 25-35 s; a
+        dropped connection, a 5xx, silence past the idle timeout) is opened
+        again with the ``Last-Event-ID`` of the last event, after the
+        server's ``retry:`` delay or a backoff: no event is lost or
+        repeated. At five failed connections in a row without an event,
+        the last error is raised. The idle timeout is the client's
+        ``timeouts.read``, else ``timeouts.total``; there is no total one.
+
+        The API key goes only to a stream URL of the base URL's origin, or,
+        when the base URL is Replicate's, to an ``https`` host under
+        ``replicate.com``, ``replicate.delivery`` or ``replicate.net``: any
+        other host is asked without it.
+
+        Leaving the ``async for`` early, or cancelling the task, closes the
+        connection; wrap the iterator in :func:`contextlib.aclosing` to
+        close it at once rather than when the iterator is collected.
+
+        Args:
+            prediction: A :class:`Prediction` (no request made for it), or
+                an id.
+            last_event_id: Resume after this event (the ``id`` of the last
+                :class:`StreamEvent` you handled).
+
+        Raises:
+            NoStreamError: the prediction has no stream URL (its model does
+                not stream, or it was created without stream support).
+            RequestError: a subclass: the prediction could not be fetched,
+                the stream answered 401, 404 or another status not worth
+                retrying, or it failed five times in a row.
+
+        Example:
+            >>> import asyncio, replipoll
+            >>> from replipoll.testing import FakeReplicate
+            >>> async def main():
+            ...     async with FakeReplicate() as server:
+            ...         pid = server.add_prediction(duration=0.2, output=["He", "llo"])
+            ...         async with replipoll.Client(
+            ...             base_url=server.base_url(), api_key=server.api_key
+            ...         ) as client:
+            ...             return [(e.event, e.data) async for e in client.stream(pid)]
+            >>> asyncio.run(main())
+            [('output', 'He'), ('output', 'llo'), ('done', '{}')]
+        """
+        retry = self._retry
+        return follow_stream(
+            prediction,
+            fetch=self.get,
+            transport=self._transport,
+            timeouts=self._timeouts,
+            reconnects=Reconnects(
+                base_delay=retry.base_delay,
+                max_delay=retry.max_delay,
+                max_retry_after=retry.max_retry_after,
+                retry_statuses=retry.retry_statuses,
+            ),
+            budget=self._budget,
+            pause=functools.partial(self._pause, budget=self._budget, retry=retry),
+            last_event_id=last_event_id,
+        )
 
     # -- the way out -----------------------------------------------------------
 

@@ -25,6 +25,7 @@
     │   └── TransportError                    no usable answer at all
     │       ├── ConnectError                  refused, reset, dropped, cut off
     │       └── RequestTimeoutError           the per-request timeout passed
+    ├── NoStreamError                         a prediction has no stream to follow
     ├── PollTimeout                           a prediction's deadline passed
     └── DownloadError                         an output file could not be saved
 
@@ -62,6 +63,7 @@ __all__ = [
     "ManagerClosedError",
     "MismatchedIdError",
     "MissingAPIKeyError",
+    "NoStreamError",
     "NotFoundError",
     "PollTimeout",
     "RateLimitedError",
@@ -364,6 +366,35 @@ class BatchStoppedError(ReplipollError):
         super().__init__(f"not polled: {diagnosis.message}")
         self.prediction_id = prediction_id
         self.diagnosis = diagnosis
+
+
+class NoStreamError(ReplipollError):
+    """A prediction has no stream to follow; no stream was opened.
+
+    Its record has no usable ``urls.stream``: its model does not stream
+    output, or the prediction was created without asking for a stream
+    (``"stream": true`` at create, where the API takes it). Create it with
+    stream support, or poll it instead (:meth:`Client.wait
+    <replipoll.Client.wait>`).
+
+    Attributes:
+        prediction_id: The prediction.
+        url: The unusable ``urls.stream`` value, or ``None`` if it had none.
+    """
+
+    def __init__(self, prediction_id: str, url: str | None) -> None:
+        self.prediction_id = prediction_id
+        self.url = url
+        if url is None:
+            why = "has no stream URL (urls.stream)"
+        else:
+            shown = url if len(url) <= 80 else url[:77] + "..."
+            why = f"has a stream URL that is not an http(s) URL: {shown!r}"
+        super().__init__(
+            f"prediction {prediction_id} {why}: its model does not stream "
+            f"output, or it was created without stream support; create it "
+            f"with stream support, or poll it instead (Client.wait)"
+        )
 
 
 class PollTimeout(ReplipollError):

@@ -7,6 +7,8 @@ Every request replipoll makes goes through a :class:`Transport`:
   path (built only from a validated id); only these requests carry the key.
 * :meth:`Transport.download` streams a public output URL into a sink, never
   with the key, over a session that carries no credentials of its own.
+* :meth:`Transport.event_stream` reads a prediction's server-sent events; the
+  key goes along only where :func:`~replipoll._sse.stream_gets_key` allows.
 
 It owns the aiohttp session (or borrows one), turns :class:`Timeouts` into
 aiohttp's, translates aiohttp's exceptions into replipoll's (one table,
@@ -23,7 +25,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -32,6 +34,7 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     ConnectError,
+    DecodeError,
     RequestError,
     RequestTimeoutError,
     ResponseTooLargeError,
@@ -50,6 +53,7 @@ from ._sansio import (
     parse_json_yielding,
     request_id_from,
 )
+from ._sse import stream_gets_key
 
 __all__ = [
     "DEFAULT_MAX_ANSWER_SIZE",
@@ -69,6 +73,8 @@ DEFAULT_MAX_ANSWER_SIZE: Final = 16 * 1024 * 1024
 #: JSON (a megabyte of numbers), a few for real predictions. Bigger ones are
 #: parsed in a worker thread that lets the event loop run meanwhile.
 _INLINE_JSON: Final = 1024 * 1024
+#: Bytes of an event stream's error answer read for its message.
+_ERROR_HEAD: Final = 64 * 1024
 #: Fields whose misfit was logged already (once per process each).
 _REPORTED: Final[set[str]] = set()
 
@@ -315,6 +321,11 @@ class Transport:
     def redact(self) -> Redactor:
         """Cuts this transport's key out of text (a no-op without a key)."""
         return self._redact
+
+    @property
+    def max_answer_size(self) -> int:
+        """The largest answer accepted, in bytes."""
+        return self._max_answer_size
 
     def session(self) -> aiohttp.ClientSession:
         """The session, made on first use when none was borrowed.
@@ -601,6 +612,92 @@ class Transport:
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = exc
         raise translate(failure, method="GET", url=url, timeouts=timeouts, total=total)
+
+    async def event_stream(
+        self, url: str, timeouts: Timeouts, *, last_event_id: str | None = None
+    ) -> AsyncGenerator[bytes]:
+        """Open the ``text/event-stream`` at ``url``; yield its body as it comes.
+
+        Sends ``Accept: text/event-stream``, ``Cache-Control: no-store``, the
+        ``Last-Event-ID`` if given, and the key only if
+        :func:`~replipoll._sse.stream_gets_key` says ``url`` may have it.
+        Redirects are not followed. ``timeouts.total`` is ignored (a stream
+        lasts as long as it lasts): ``connect`` bounds the connection,
+        ``read`` the silence between two chunks. Close the generator
+        (``aclose()``) to close the connection; it is never reused.
+
+        Raises:
+            HTTPStatusError: a non-2xx answer, mapped as for API requests.
+            DecodeError: a 2xx answer that is not ``text/event-stream``.
+            TransportError: no answer, a timeout, or the body broke off or
+                ended (an event stream ends only when its reader closes
+                it); ``status`` and ``request_id`` are the answer's, if one
+                had begun.
+        """
+        base = self._headers
+        if base is None:
+            raise TypeError("this transport is for downloads only")  # a bug
+        headers = {
+            name: value
+            for name, value in base.items()
+            if name != "Authorization" or stream_gets_key(self._base_url, url)
+        }
+        headers["Accept"] = "text/event-stream"
+        headers["Cache-Control"] = "no-store"
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        session = self.session()
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        redact = self._redact
+        answered: tuple[int, str | None] | None = None
+        failure: BaseException | None = None
+        try:
+            async with session.get(
+                url, headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                status = response.status
+                request_id = request_id_from(response.headers, redact=redact)
+                answered = (status, request_id)
+                if not 200 <= status < 300:
+                    head = redact.scrub(await response.content.read(_ERROR_HEAD))
+                    raise error_for_response(
+                        status,
+                        response.headers,
+                        head,
+                        now=time.time(),
+                        url=url,
+                        reason=response.reason or "",
+                        redact=redact,
+                    )
+                if response.content_type != "text/event-stream":
+                    raise DecodeError(
+                        f"the stream URL answered {response.content_type!r}, "
+                        f"not text/event-stream",
+                        url=url,
+                        status=status,
+                        request_id=request_id,
+                    )
+                try:
+                    async for chunk in response.content.iter_any():
+                        yield chunk
+                finally:
+                    # Never reused half read, however the reading ended.
+                    response.close()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = exc
+        if failure is None:
+            error: RequestError = ConnectError(
+                "the event stream ended before its done event", url=url
+            )
+        else:
+            error = translate(
+                failure, method="GET", url=url, timeouts=timeouts, total=None
+            )
+        if answered is not None:
+            error.status, error.request_id = answered
+        raise error
 
 
 def _too_large(url: str, limit: int, status: int) -> ResponseTooLargeError:

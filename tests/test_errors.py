@@ -123,6 +123,7 @@ SAMPLES: dict[str, BaseException] = {
     "BaseURLError": replipoll.BaseURLError("HTML", status=200, url="https://x/p/a"),
     "ResponseTooLargeError": replipoll.ResponseTooLargeError("big", limit=1024),
     "DownloadError": DownloadError("https://x/f.png", "gone", status=404),
+    "NoStreamError": replipoll.NoStreamError("abc", "ftp://x/stream/abc"),
 }
 
 

@@ -29,6 +29,7 @@ from ._faults import Fault, FaultPlan
 from ._listing import CreatedIndex, Cursor, parse_date_time, select
 from ._records import Prediction, render, served_file, timestamp
 from ._stats import RequestRecord, ServerStats
+from ._streaming import STREAM_PREFIX, serve_stream
 
 ErrorStyle = Literal["auto", "replicate", "comet"]
 
@@ -94,6 +95,8 @@ class Api:
     list_lag: float
     list_omits: frozenset[str]
     create_budget: CreateBudget | None = None
+    #: Real seconds after which a stream's connection is dropped; None: never.
+    stream_cut_after: float | None = None
     stats: ServerStats = attrs.field(init=False, factory=ServerStats)
     #: Predictions created through the API, in creation order.
     created: list[CreateRecord] = attrs.field(init=False, factory=list)
@@ -127,6 +130,7 @@ class Api:
                 self._create,
             )
         add_get(f"{_FILES}{_ID}/{{name}}", self._file)
+        add_get(f"{STREAM_PREFIX}{_ID}", self._stream)
         return app
 
     @web.middleware
@@ -141,6 +145,11 @@ class Api:
         REQUEST_ID.set(request_id)
         path = request.path
         api = path.startswith(_API)
+        # Streams need the key, but are counted apart from API requests.
+        streaming = path.startswith(STREAM_PREFIX)
+        if streaming:
+            stats.stream_requests += 1
+        keyed = api or streaming
         pid = request.match_info.get("id")
         create = False
         if api:
@@ -164,9 +173,9 @@ class Api:
         try:
             if api and self.latency:
                 await asyncio.sleep(self.latency)
-            answer = functools.partial(self._answer, request, handler, api)
+            answer = functools.partial(self._answer, request, handler, keyed)
             if self.faults.active:
-                fault = self.faults.pick(api, path.startswith(_FILES), pid, create)
+                fault = self.faults.pick(keyed, path.startswith(_FILES), pid, create)
             if fault is None:
                 response = await answer()
             else:
@@ -474,6 +483,20 @@ class Api:
             results.append(self._render(request, p, seen, omit))
         return _json(
             {"next": url(page.next), "previous": url(page.previous), "results": results}
+        )
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """``GET /stream/{id}``: the prediction's server-sent events."""
+        p = self.predictions.get(request.match_info["id"])
+        if p is None or p.created > self.clock():  # not created yet
+            return self._error(request, 404, "Not found.")
+        return await serve_stream(
+            request,
+            p,
+            clock=self.clock,
+            stats=self.stats,
+            request_id=REQUEST_ID.get(),
+            cut_after=self.stream_cut_after,
         )
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

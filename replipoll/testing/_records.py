@@ -204,7 +204,8 @@ def render(
         p: The prediction.
         now: Monotonic seconds (the server's clock).
         wall_offset: Added to monotonic seconds to get Unix seconds.
-        origin: ``scheme://host:port`` used in the URLs of output files.
+        origin: ``scheme://host:port`` used in the URLs of output files and
+            of the event stream (``urls.stream``).
         gateway: Answer as DeerAPI/CometAPI do (``version: "hidden"``).
         retention: Seconds after completion when input, output and logs are
             removed (``data_removed: true``); ``None``: never.
@@ -257,7 +258,7 @@ def render(
         "urls": {
             "cancel": f"{_API_URL}{pid}/cancel",
             "get": f"{_API_URL}{pid}",
-            "stream": f"https://stream.replicate.com/v1/files/{pid}",
+            "stream": f"{origin}/stream/{pid}",
             "web": f"https://replicate.com/p/{pid}",
         },
         "metrics": metrics,

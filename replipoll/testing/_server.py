@@ -75,6 +75,9 @@ class FakeReplicate:
             while ``GET /predictions/{id}`` shows it as it is.
         list_omits: Top-level keys list items leave out (default: ``logs``
             and ``version``); ``frozenset()`` serves full records.
+        stream_cut_after: Real seconds after which an event stream's
+            connection is dropped (mid-event), as Replicate cuts streams
+            after 25-35 s, so that clients must reconnect; ``None``: never.
         create_rate_limit: Create requests a second this key may make (a
             budget apart from other requests', as on Replicate: 10 a second,
             0.1 for an account low on credit); ``None``: no limit.  Over it a
@@ -125,6 +128,16 @@ class FakeReplicate:
       by *list_lag*.  A bad date or cursor is a 400.  See
       :doc:`/list-endpoint`.
 
+    Beside them, with the key: ``GET /stream/{id}``, the prediction's
+    server-sent events (its ``urls.stream`` points there): ``logs`` events
+    (its *logs*, a line each) and ``output`` events (a string output a token
+    at a time, a list an item at a time, no output given: its file URLs)
+    spread over its run, then ``done`` with ``{}``; after a failure an
+    ``error`` event then ``done`` with ``{"reason": "error"}``, after a
+    cancel ``done`` with ``{"reason": "canceled"}``.  Every event has an
+    ``id:``, and ``Last-Event-ID`` resumes after it.  Faults added for a
+    prediction hit its stream requests too.
+
     And without a key: ``GET /files/{id}/out-{i}.bin``, the output files.
 
     Example:
@@ -170,6 +183,12 @@ class FakeReplicate:
     list_omits: frozenset[str] = attrs.field(
         default=LIST_OMITS, kw_only=True, converter=_key_set, on_setattr=_frozen
     )
+    stream_cut_after: float | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.optional(attrs.validators.gt(0.0)),
+        on_setattr=_frozen,
+    )
     create_rate_limit: float | None = attrs.field(
         default=None,
         kw_only=True,
@@ -208,6 +227,7 @@ class FakeReplicate:
             early_grace=self.early_grace,
             list_lag=self.list_lag,
             list_omits=self.list_omits,
+            stream_cut_after=self.stream_cut_after,
             create_budget=None
             if self.create_rate_limit is None
             else CreateBudget(self.create_rate_limit, self.create_burst),

@@ -41,6 +41,9 @@ class ServerStats:
             :meth:`FakeReplicate.created`).
         creates_throttled: Create requests refused with a 429 by the
             server's ``create_rate_limit`` (not those of a fault).
+        stream_requests: Event stream requests (``GET /stream/{id}``),
+            every one that arrived, like :attr:`list_requests`.
+        streams_open: Event streams being served right now.
         in_flight: API requests being handled right now.
         peak_in_flight: Highest :attr:`in_flight` seen.  Handlers answer
             without pausing, so requests overlap only while a ``latency`` or a
@@ -66,6 +69,8 @@ class ServerStats:
     create_requests: int = 0
     creations: int = 0
     creates_throttled: int = 0
+    stream_requests: int = 0
+    streams_open: int = 0
     in_flight: int = 0
     peak_in_flight: int = 0
     early_requests: int = 0
