@@ -39,6 +39,7 @@ from ._errors import (
     ResponseTooLargeError,
     ServerError,
     TransportError,
+    WebhookVerificationError,
 )
 from ._learn import LearnedPolicy, Progress, parse_progress
 from ._manager import PollManager, PollResult, PollStats
@@ -55,6 +56,8 @@ from ._retry import Retrying, RetryPolicy
 from ._schedule import PollPolicy, RateBudget
 from ._sse import StreamEvent
 from ._version import VERSION as __version__
+from ._webhook_handler import WebhookReceiver, webhook_handler
+from ._webhooks import ReplayGuard, sign_webhook, verify_webhook
 
 __all__ = [
     "PROVIDERS",
@@ -92,6 +95,7 @@ __all__ = [
     "Provider",
     "RateBudget",
     "RateLimitedError",
+    "ReplayGuard",
     "ReplipollError",
     "RequestError",
     "RequestTimeoutError",
@@ -104,9 +108,14 @@ __all__ = [
     "StreamEvent",
     "Timeouts",
     "TransportError",
+    "WebhookReceiver",
+    "WebhookVerificationError",
     "__version__",
     "parse_progress",
     "save_outputs",
+    "sign_webhook",
+    "verify_webhook",
+    "webhook_handler",
 ]
 
 # Tracebacks say replipoll.NotFoundError, not where it is defined (pickle

@@ -27,6 +27,7 @@
     │       └── RequestTimeoutError           the per-request timeout passed
     ├── NoStreamError                         a prediction has no stream to follow
     ├── PollTimeout                           a prediction's deadline passed
+    ├── WebhookVerificationError (ValueError) a webhook delivery refused; .reason
     └── DownloadError                         an output file could not be saved
 
 Every :class:`RequestError` carries the HTTP method, the URL (which never holds
@@ -73,6 +74,7 @@ __all__ = [
     "ResponseTooLargeError",
     "ServerError",
     "TransportError",
+    "WebhookVerificationError",
 ]
 
 
@@ -444,3 +446,26 @@ class DownloadError(ReplipollError):
         self.reason = reason
         at = f" ({status})" if status is not None else ""
         super().__init__(f"could not download {url}{at}: {reason}")
+
+
+class WebhookVerificationError(ReplipollError, ValueError):
+    """A webhook delivery was refused: not signed with your secret, too old...
+
+    Raised by :func:`~replipoll.verify_webhook`; the message says what was
+    wrong, never the secret. A web app answers ``401`` (``400`` for
+    ``"bad-body"``), except for ``"replay"``: see :doc:`/howto/webhooks`.
+
+    Attributes:
+        reason: ``"missing-header"``, ``"bad-header"``, ``"stale"``,
+            ``"future"``, ``"bad-signature"``, ``"replay"`` or
+            ``"bad-body"``.
+        webhook_id: The delivery's ``webhook-id``, or ``None`` if it had
+            none (or it was refused before its id was read).
+    """
+
+    def __init__(
+        self, detail: str, *, reason: str, webhook_id: str | None = None
+    ) -> None:
+        super().__init__(f"webhook refused: {detail} ({reason})")
+        self.reason = reason
+        self.webhook_id = webhook_id

@@ -123,6 +123,9 @@ SAMPLES: dict[str, BaseException] = {
     "BaseURLError": replipoll.BaseURLError("HTML", status=200, url="https://x/p/a"),
     "ResponseTooLargeError": replipoll.ResponseTooLargeError("big", limit=1024),
     "DownloadError": DownloadError("https://x/f.png", "gone", status=404),
+    "WebhookVerificationError": replipoll.WebhookVerificationError(
+        "no signature matches", reason="bad-signature", webhook_id="msg_1"
+    ),
     "NoStreamError": replipoll.NoStreamError("abc", "ftp://x/stream/abc"),
 }
 

@@ -18,6 +18,7 @@ from ._http import Api, ErrorStyle
 from ._listing import CreatedIndex
 from ._records import MISSING, Prediction, Timeline, render, served_file
 from ._stats import ServerStats
+from ._webhooks import ALL_EVENTS, WebhookSender, is_loopback, new_secret
 
 #: The key a :class:`FakeReplicate` accepts unless told otherwise.
 DEFAULT_API_KEY: Final = "test-key"
@@ -75,6 +76,20 @@ class FakeReplicate:
             while ``GET /predictions/{id}`` shows it as it is.
         list_omits: Top-level keys list items leave out (default: ``logs``
             and ``version``); ``frozenset()`` serves full records.
+        webhook_secret: The ``whsec_...`` secret webhooks are signed with
+            (read it back as :attr:`webhook_secret`); default: one drawn
+            from *seed*.
+        webhook_loss: Chance (0 to 1) that a webhook delivery is dropped,
+            never sent (:attr:`ServerStats.webhooks_lost`); seeded draws.
+        webhook_delay: Real seconds added before each webhook delivery.
+        webhook_duplicates: Chance (0 to 1) that a delivery is sent twice,
+            the same bytes with the same ``webhook-id``, as senders may.
+        webhook_retry_window: Seconds of *clock* after a prediction
+            completed during which its ``completed`` webhook is retried
+            (with a doubling wait, from 0.1 s to 10 s) when the receiver
+            answers non-2xx or not at all; other events are sent once.
+            Replicate's window is about a minute.  See :doc:`/howto/webhooks`
+            and :mod:`replipoll.testing._webhooks` for when deliveries go out.
         stream_cut_after: Real seconds after which an event stream's
             connection is dropped (mid-event), as Replicate cuts streams
             after 25-35 s, so that clients must reconnect; ``None``: never.
@@ -113,8 +128,9 @@ class FakeReplicate:
         A bad value is a 422 naming the header.
       - ``webhook`` and ``webhook_events_filter`` (a list of ``start``,
         ``output``, ``logs``, ``completed``; default all four) are checked
-        (a 422 for a bad one), stored and shown in the record; no webhook
-        is sent.
+        (a 422 for a bad one), stored and shown in the record; the
+        webhooks are sent, signed (see *webhook_secret*), to a URL on this
+        machine only.
       - Bad JSON is a 400; a missing ``input`` (or ``version``), a bad
         script or header a 422; over *create_rate_limit* a 429.  Only a
         201 creates a prediction (:meth:`created`,
@@ -198,6 +214,35 @@ class FakeReplicate:
     create_burst: int = attrs.field(
         default=1, kw_only=True, validator=attrs.validators.ge(1), on_setattr=_frozen
     )
+    webhook_secret: str = attrs.field(
+        default=attrs.Factory(lambda self: new_secret(self.seed), takes_self=True),
+        kw_only=True,
+        on_setattr=_frozen,
+    )
+    webhook_loss: float = attrs.field(
+        default=0.0,
+        kw_only=True,
+        validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)],
+        on_setattr=_frozen,
+    )
+    webhook_delay: float = attrs.field(
+        default=0.0,
+        kw_only=True,
+        validator=attrs.validators.ge(0.0),
+        on_setattr=_frozen,
+    )
+    webhook_duplicates: float = attrs.field(
+        default=0.0,
+        kw_only=True,
+        validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)],
+        on_setattr=_frozen,
+    )
+    webhook_retry_window: float = attrs.field(
+        default=60.0,
+        kw_only=True,
+        validator=attrs.validators.ge(0.0),
+        on_setattr=_frozen,
+    )
 
     _predictions: dict[str, Prediction] = attrs.field(init=False, factory=dict)
     _index: CreatedIndex = attrs.field(init=False, factory=CreatedIndex)
@@ -207,6 +252,7 @@ class FakeReplicate:
     _app: web.Application = attrs.field(init=False)
     _runner: web.AppRunner | None = attrs.field(init=False, default=None)
     _url: str | None = attrs.field(init=False, default=None)
+    _webhooks: WebhookSender = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -233,6 +279,17 @@ class FakeReplicate:
             else CreateBudget(self.create_rate_limit, self.create_burst),
         )
         self._app = self._api.build_app()
+        self._webhooks = WebhookSender(
+            secret=self.webhook_secret,
+            loss=self.webhook_loss,
+            delay=self.webhook_delay,
+            duplicates=self.webhook_duplicates,
+            retry_window=self.webhook_retry_window,
+            seed=self.seed,
+            clock=self._clock,
+            render=self._webhook_body,
+            stats=lambda: self._api.stats,
+        )
 
     def __repr__(self) -> str:
         return f"<FakeReplicate url={self._url} predictions={len(self._predictions)}>"
@@ -285,11 +342,13 @@ class FakeReplicate:
         if ":" in bound_host:
             bound_host = f"[{bound_host}]"
         self._runner, self._url = runner, f"http://{bound_host}:{bound_port}"
+        await self._webhooks.start()
 
     async def close(self) -> None:
         """Stop listening and drop open connections; safe to call twice."""
         runner, self._runner, self._url = self._runner, None, None
         if runner is not None:
+            await self._webhooks.close()  # no more deliveries, none in flight
             await runner.cleanup()
 
     async def __aenter__(self) -> FakeReplicate:
@@ -324,6 +383,8 @@ class FakeReplicate:
         extra: Mapping[str, Any] | None = None,
         progress_steps: int | None = None,
         created: float | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: Iterable[str] | None = None,
     ) -> str:
         """Script a prediction, created now (or at *created*); return its id.
 
@@ -356,10 +417,16 @@ class FakeReplicate:
             created: When it is created, in seconds of the server's clock;
                 default: now.  Until then the API knows nothing of it (a
                 GET is a 404, the list leaves it out).
+            webhook: A URL on this machine that the server sends webhooks
+                to, as for a create with ``"webhook"`` (see
+                *webhook_secret*).
+            webhook_events_filter: Which events: some of ``start``,
+                ``output``, ``logs``, ``completed``; default: all four.
 
         Raises:
             ValueError: The id is taken or contains ``/``, a number is
-                negative, or *created* is not finite.
+                negative, or *created* is not finite, or *webhook* is not
+                a loopback URL (the fake sends nothing off this machine).
         """
         if id is None:
             id = self._new_id()
@@ -372,7 +439,15 @@ class FakeReplicate:
             )
         if created is not None and not math.isfinite(created):
             raise ValueError(f"created must be a finite time, not {created!r}")
-        return self._script(
+        if webhook is not None and not is_loopback(webhook):
+            raise ValueError(
+                f"webhook must be an http(s) URL on this machine, not {webhook!r}"
+            )
+        events = ALL_EVENTS if webhook_events_filter is None else webhook_events_filter
+        events = tuple(dict.fromkeys(events))
+        if not set(events) <= set(ALL_EVENTS):
+            raise ValueError(f"unknown webhook events in {events!r}")
+        pid = self._script(
             Prediction(
                 id,
                 self._clock() if created is None else created,
@@ -391,12 +466,28 @@ class FakeReplicate:
                 steps,
             )
         )
+        if webhook is not None:
+            p = self._predictions[pid]
+            p.webhook, p.webhook_events_filter = webhook, events
+        return pid
 
     def _script(self, p: Prediction) -> str:
         """Add *p* as it is (checked, and its id free; the workload shares inputs)."""
         self._index.add(p.created, p.id)
         self._predictions[p.id] = p
+        self._webhooks.added(p)  # it reads the webhook fields set after this
         return p.id
+
+    def _webhook_body(self, p: Prediction, at: float) -> dict[str, Any]:
+        """The record a webhook sent at *at* carries: a ``/v1`` GET's then."""
+        return render(
+            p,
+            at,
+            wall_offset=self._api.wall_offset,
+            origin=self._url or "http://127.0.0.1",
+            gateway=False,
+            retention=self.retention,
+        )
 
     def add_predictions(
         self,

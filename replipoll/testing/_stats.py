@@ -19,6 +19,22 @@ class RequestRecord(NamedTuple):
     status: int
 
 
+class WebhookRecord(NamedTuple):
+    """One attempt to deliver a webhook (a line of :attr:`ServerStats.webhook_log`)."""
+
+    #: When the attempt ended, in seconds of the server's clock.
+    time: float
+    prediction_id: str
+    #: The ``webhook-id`` header: the same for every attempt of a delivery.
+    webhook_id: str
+    #: ``start``, ``output``, ``logs`` or ``completed``.
+    event: str
+    #: 1 for the first attempt; a duplicate (``webhook_duplicates``) repeats it.
+    attempt: int
+    #: The receiver's HTTP status; 0 when no answer came (refused, timed out).
+    status: int
+
+
 @attrs.define
 class ServerStats:
     """Live counters of a :class:`FakeReplicate`, updated as requests arrive.
@@ -60,6 +76,14 @@ class ServerStats:
         faults_injected: Faults injected, by :attr:`Fault.kind`.
         request_log: The latest requests (a bounded deque, oldest dropped
             first; empty when the server was built with ``request_log_size=0``).
+        webhooks_sent: Webhook requests sent (each attempt, each duplicate).
+        webhooks_lost: Webhook deliveries dropped on purpose
+            (``webhook_loss``): never sent at all.
+        webhook_failures: Webhook attempts the receiver answered with a
+            non-2xx status, or did not answer.
+        webhooks_refused: Webhook deliveries not sent because their URL
+            is not on this machine (the fake sends nothing elsewhere).
+        webhook_log: The latest webhook attempts (a bounded deque).
     """
 
     total_requests: int = 0
@@ -78,6 +102,11 @@ class ServerStats:
     responses_by_status: Counter[int] = attrs.Factory(Counter)
     faults_injected: Counter[str] = attrs.Factory(Counter)
     request_log: deque[RequestRecord] = attrs.Factory(lambda: deque(maxlen=10_000))
+    webhooks_sent: int = 0
+    webhooks_lost: int = 0
+    webhook_failures: int = 0
+    webhooks_refused: int = 0
+    webhook_log: deque[WebhookRecord] = attrs.Factory(lambda: deque(maxlen=10_000))
 
 
 @attrs.define
