@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ._errors import ConfigurationError, WebhookVerificationError
 from ._models import Prediction
@@ -52,7 +51,7 @@ def webhook_handler(
     tolerance: float = DEFAULT_TOLERANCE,
     replays: ReplayGuard | None = None,
     max_body_size: int = MAX_WEBHOOK_BODY,
-) -> Handler:
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp handler for Replicate's webhooks, to add with ``add_post``.
 
     Each delivery is verified (:func:`verify_webhook`) and its record handed

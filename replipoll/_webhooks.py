@@ -133,7 +133,7 @@ def _bad_secret(what: str) -> ConfigurationError:
     return ConfigurationError(f"{what}: {_GET_SECRET}", option="secret")
 
 
-@attrs.define(repr=False)
+@attrs.define(repr=False, eq=False)
 class ReplayGuard:
     """Remembers the webhook ids handled lately, so a replayed delivery is refused.
 

@@ -494,3 +494,54 @@ def test_a_bad_secret_or_receiver_fails_when_the_app_is_built() -> None:
             Inbox(), "whsec_" + "a" * 32, replays=ReplayGuard(tolerance=10)
         )
     assert caught.value.option == "replays"
+
+
+# -- with a real PollManager ----------------------------------------------------
+
+
+async def test_a_webhook_resolves_the_managers_wait_without_more_polling(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The manager's first GET sees the prediction running; the webhook,
+    pushed by the handler, ends the wait. No safety poll was needed (the
+    first is 30 s away)."""
+    async with (
+        FakeReplicate() as server,
+        replipoll.Client(base_url=server.base_url(), api_key=server.api_key) as client,
+        replipoll.PollManager(client, safety_interval=30) as manager,
+    ):
+        handler = replipoll.webhook_handler(manager, server.webhook_secret)
+        async with serve(handler) as web_server:
+            url = Receiver(web_server, session).url
+            pid = server.add_prediction(
+                duration=0.5, webhook=url, webhook_events_filter=["completed"]
+            )
+            async with asyncio.timeout(PATIENCE):
+                done = await manager.submit(pid, webhook=True)
+            polls = server.stats.requests_per_id[pid]
+            pushed = manager.stats.pushed
+            final = server.prediction_state(pid)
+    assert done.status == replipoll.Status.SUCCEEDED
+    assert done.to_json() == final
+    assert (polls, pushed) == (1, 1)
+
+
+async def test_a_lost_webhook_costs_delay_never_the_result(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Every webhook is lost: the manager's safety poll finds the result."""
+    async with (
+        FakeReplicate(webhook_loss=1.0) as server,
+        replipoll.Client(base_url=server.base_url(), api_key=server.api_key) as client,
+        replipoll.PollManager(client, safety_interval=0.5) as manager,
+    ):
+        handler = replipoll.webhook_handler(manager, server.webhook_secret)
+        async with serve(handler) as web_server:
+            url = Receiver(web_server, session).url
+            pid = server.add_prediction(duration=0.2, webhook=url)
+            async with asyncio.timeout(PATIENCE):
+                done = await manager.submit(pid, webhook=True)
+            lost = server.stats.webhooks_lost
+    assert done.status == replipoll.Status.SUCCEEDED
+    assert manager.stats.pushed == 0
+    assert lost >= 1

@@ -47,7 +47,7 @@ from ._http import PREFIXES, ErrorStyle
 from ._records import Timeline
 from ._scenarios import SCENARIOS, load_scenario
 from ._server import DEFAULT_API_KEY, LIST_OMITS, FakeReplicate
-from ._stats import FakeClock, RequestRecord, ServerStats
+from ._stats import FakeClock, RequestRecord, ServerStats, WebhookRecord
 from ._workload import DEFAULT_MODELS, ModelProfile, add_workload
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "RequestRecord",
     "ServerStats",
     "Timeline",
+    "WebhookRecord",
     "add_workload",
     "load_scenario",
     "main",

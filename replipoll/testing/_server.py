@@ -77,7 +77,7 @@ class FakeReplicate:
         list_omits: Top-level keys list items leave out (default: ``logs``
             and ``version``); ``frozenset()`` serves full records.
         webhook_secret: The ``whsec_...`` secret webhooks are signed with
-            (read it back as :attr:`webhook_secret`); default: one drawn
+            (read it back as ``server.webhook_secret``); default: one drawn
             from *seed*.
         webhook_loss: Chance (0 to 1) that a webhook delivery is dropped,
             never sent (:attr:`ServerStats.webhooks_lost`); seeded draws.

@@ -37,6 +37,7 @@ import binascii
 import contextlib
 import hashlib
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -298,10 +299,11 @@ class WebhookSender:
     ) -> None:
         until = due.time + self.retry_window
         wait = RETRY_FIRST
-        for attempt in range(1, 1_000_000):
+        for attempt in itertools.count(1):
             ok = False
-            for _ in range(copies):
-                status = await self._send(url, webhook_id, body)
+            headers = self._signed(webhook_id, body)  # each attempt: signed anew
+            for _ in range(copies):  # a duplicate: the very same request again
+                status = await self._send(url, headers, body)
                 stats = self.stats()
                 stats.webhooks_sent += 1
                 if 200 <= status < 300:
@@ -321,17 +323,24 @@ class WebhookSender:
                 return
             wait = min(wait * 2, RETRY_MAX)
 
-    async def _send(self, url: str, webhook_id: str, body: str) -> int:
-        """POST one signed copy; return the status, 0 if no answer came."""
-        session = self._session
-        assert session is not None
+    def _signed(self, webhook_id: str, body: str) -> dict[str, str]:
+        """The headers of one attempt, stamped with the real wall clock.
+
+        (A receiver checks the timestamp against its own: *clock* may be a
+        :class:`FakeClock`.)
+        """
         when = datetime.fromtimestamp(math.floor(time.time()), tz=UTC)
-        headers = {
+        return {
             "Content-Type": "application/json",
             "webhook-id": webhook_id,
             "webhook-timestamp": str(int(when.timestamp())),
             "webhook-signature": self._signer.sign(webhook_id, when, body),
         }
+
+    async def _send(self, url: str, headers: dict[str, str], body: str) -> int:
+        """POST one copy; return the status, 0 if no answer came."""
+        session = self._session
+        assert session is not None
         try:
             async with session.post(
                 url, data=body.encode(), headers=headers, allow_redirects=False
