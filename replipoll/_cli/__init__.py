@@ -1,6 +1,6 @@
 """The ``replipoll`` command line (``pip install 'replipoll[cli]'``).
 
-Commands: ``demo``, ``get``, ``poll``, ``download``, ``fake-server``; see
+Commands: ``demo``, ``get``, ``poll``, ``run``, ``download``, ``fake-server``; see
 ``docs/cli.md``. Exit codes: 0 everything succeeded; 1 some prediction
 failed, was canceled or aborted, or a request failed; 2 bad usage or
 configuration (nothing was polled); 130 interrupted by Ctrl-C (143 by
@@ -29,6 +29,7 @@ from ._common import (
     say,
     stderr,
 )
+from ._run import run
 
 __all__ = ["cli", "main"]
 
@@ -59,7 +60,7 @@ def cli(verbose: bool) -> None:
     log.propagate = False
 
 
-for command in (demo, get, poll, download, fake_server):
+for command in (demo, get, poll, run, download, fake_server):
     cli.add_command(command)
 
 

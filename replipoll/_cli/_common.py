@@ -127,8 +127,12 @@ def api_options(func: F) -> F:
     )(func)
 
 
-def make_client(provider: str, base_url: str | None, api_key_env: str | None) -> Client:
+def make_client(
+    provider: str, base_url: str | None, api_key_env: str | None, **options: Any
+) -> Client:
     """Build a client whose key comes from the environment (never echoed).
+
+    ``options`` go to :class:`~replipoll.Client` (``create_rate_limit=``...).
 
     Raises:
         ConfigurationError: the key's variable is unset or empty, or the base
@@ -144,7 +148,7 @@ def make_client(provider: str, base_url: str | None, api_key_env: str | None) ->
         )
     # The client reads the key from that variable itself, so what it says
     # about a refused key names the variable to check.
-    return Client(attrs.evolve(preset, env_var=name), base_url=base_url)
+    return Client(attrs.evolve(preset, env_var=name), base_url=base_url, **options)
 
 
 def progress_wanted(flag: bool | None) -> bool:

@@ -50,6 +50,7 @@ ORDER: Final = (
     "canceled",
     "aborted",
     "error",
+    "uncertain",
     "processing",
     "starting",
     "queued",
@@ -60,6 +61,7 @@ STYLES: Final[Mapping[str, str]] = {
     "canceled": "yellow",
     "aborted": "magenta",
     "error": "bold red",
+    "uncertain": "yellow",
     "processing": "blue",
     "starting": "cyan",
     "queued": "bright_black",
@@ -97,13 +99,17 @@ class Tally:
         """Record a status change (the manager's ``on_update`` callback)."""
         self._move(prediction.id, str(prediction.status))
 
-    def finish(self, result: PollResult) -> str:
-        """Record how an id ended; return its outcome (a status or ``"error"``)."""
-        outcome = (
-            "error"
-            if result.error is not None or result.prediction is None
-            else str(result.prediction.status)
-        )
+    def finish(self, result: PollResult, outcome: str | None = None) -> str:
+        """Record how an id ended; return its outcome (a status or ``"error"``).
+
+        ``outcome`` overrides the one read from ``result`` (``"uncertain"``).
+        """
+        if outcome is None:
+            outcome = (
+                "error"
+                if result.error is not None or result.prediction is None
+                else str(result.prediction.status)
+            )
         self._move(result.id, outcome)
         self._where.pop(result.id, None)  # finished ids need no memory
         self.finished += 1
@@ -198,6 +204,7 @@ async def live_progress(
     *,
     paused: Callable[[], float] | None = None,
     mode: Callable[[], str] | None = None,
+    note: Callable[[], str] | None = None,
 ) -> AsyncIterator[None]:
     """Show a status bar for ``tally`` on ``console`` while the block runs.
 
@@ -212,6 +219,8 @@ async def live_progress(
         mode: The manager's mode (:attr:`PollStats.mode`); while
             ``"sweep"``, the description says that pages of the list
             report the ids.
+        note: A few words added to the description, read at each redraw
+            (``"12 created"``).
     """
     progress = _TwoLineProgress(
         SpinnerColumn(),
@@ -237,11 +246,11 @@ async def live_progress(
         counts = tally.snapshot()
         wait = paused() if paused is not None else 0.0
         progress.legend = legend(counts)
-        text = label
+        text = label if note is None else f"{label}, {note()}"
         if wait > 0:
             text = pause_note(wait)
         elif mode is not None and mode() == "sweep":
-            text = f"{label}, sweeping the list"
+            text = f"{text}, sweeping the list"
         progress.update(task, completed=tally.finished, counts=counts, description=text)
 
     async def tick() -> None:
