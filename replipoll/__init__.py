@@ -32,6 +32,7 @@ from ._errors import (
     NoStreamError,
     NotFoundError,
     PollTimeout,
+    PredictionMayExistError,
     RateLimitedError,
     ReplipollError,
     RequestError,
@@ -42,7 +43,7 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._learn import LearnedPolicy, Progress, parse_progress
-from ._manager import PollManager, PollResult, PollStats
+from ._manager import PollManager, PollResult, PollStats, RunResult
 from ._models import (
     TERMINAL_STATUSES,
     Prediction,
@@ -89,6 +90,7 @@ __all__ = [
     "PollStats",
     "PollTimeout",
     "Prediction",
+    "PredictionMayExistError",
     "PredictionMetrics",
     "PredictionUrls",
     "Progress",
@@ -102,6 +104,7 @@ __all__ = [
     "ResponseTooLargeError",
     "RetryPolicy",
     "Retrying",
+    "RunResult",
     "SavedFile",
     "ServerError",
     "Status",

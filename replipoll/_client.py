@@ -11,22 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import aiohttp
+import attrs
 
+from ._create import create_limit, create_request
 from ._errors import (
+    BaseURLError,
     ConfigurationError,
+    DecodeError,
+    GatewayError,
     HTTPStatusError,
     MissingAPIKeyError,
     PollTimeout,
+    PredictionMayExistError,
+    RateLimitedError,
     RequestError,
     RequestTimeoutError,
+    ResponseTooLargeError,
+    ServerError,
+    TransportError,
 )
 from ._hints import ServerHints
 from ._models import Prediction
@@ -42,6 +53,8 @@ from ._transport import DEFAULT_MAX_ANSWER_SIZE, Transport
 from ._version import VERSION
 
 __all__ = ["BASE_URL_ENV", "DEFAULT_TIMEOUT", "Client"]
+
+logger: Final = logging.getLogger("replipoll")
 
 #: Seconds one prediction may take to become terminal, by default, in
 #: :meth:`Client.wait` and :class:`~replipoll.PollManager` alike: Replicate
@@ -84,6 +97,13 @@ class Client:
         rate_limit: Requests per second for this key, or ``None``. A 429's
             ``Retry-After`` pauses every request of this client regardless.
         burst: Requests that may go at once under ``rate_limit``.
+        create_rate_limit: Creates per second for this key, or ``None``: a
+            budget of their own (Replicate limits creates apart from other
+            requests: 600 a minute, far fewer for accounts low on credit).
+            A 429 on a create pauses creates only; one whose message states
+            a reduced limit ("6 requests per minute with a burst of 1")
+            slows this budget down to it.
+        create_burst: Creates that may go at once under ``create_rate_limit``.
         max_connections: Size of the owned session's connection pool.
         max_answer_size: The largest answer accepted, in bytes, counted as
             it arrives and after decompression (16 MiB by default; a
@@ -114,6 +134,7 @@ class Client:
 
     __slots__ = (
         "_budget",
+        "_create_budget",
         "_hints",
         "_key_env",
         "_provider",
@@ -133,6 +154,8 @@ class Client:
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         burst: int = 10,
+        create_rate_limit: float | None = None,
+        create_burst: int = 1,
         max_connections: int = 100,
         max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
     ) -> None:
@@ -159,6 +182,8 @@ class Client:
             _require("Client", "retry", retry, RetryPolicy)
         check_positive("Client", "rate_limit", rate_limit, none=True)
         check_at_least("Client", "burst", burst, 1)
+        check_positive("Client", "create_rate_limit", create_rate_limit, none=True)
+        check_at_least("Client", "create_burst", create_burst, 1)
         check_at_least("Client", "max_connections", max_connections, 1)
         check_at_least("Client", "max_answer_size", max_answer_size, 1024)
         key = api_key if api_key is not None else os.environ.get(preset.env_var, "")
@@ -175,6 +200,7 @@ class Client:
         self._timeouts = timeouts if timeouts is not None else preset.timeouts
         self._retry = retry if retry is not None else RetryPolicy()
         self._budget = RateBudget(rate=rate_limit, burst=burst)
+        self._create_budget = RateBudget(rate=create_rate_limit, burst=create_burst)
         # The pace hints of the latest answer (read as each request returns).
         self._hints = ServerHints()
         self._transport = Transport.for_api(
@@ -238,6 +264,11 @@ class Client:
     def budget(self) -> RateBudget:
         """The request budget of this key; paused by ``Retry-After``."""
         return self._budget
+
+    @property
+    def create_budget(self) -> RateBudget:
+        """The budget creates spend (``create_rate_limit``), apart from polling's."""
+        return self._create_budget
 
     @property
     def closed(self) -> bool:
@@ -310,6 +341,97 @@ class Client:
             next_query = page.next_query
             if next_query is None or not page.results:
                 return
+
+    async def create(
+        self,
+        model: str | None = None,
+        *,
+        version: str | None = None,
+        deployment: str | None = None,
+        input: Mapping[str, Any],
+        webhook: str | None = None,
+        webhook_events_filter: Iterable[str] | None = None,
+        cancel_after: float | str | None = None,
+        wait: bool | float | None = None,
+    ) -> Prediction:
+        """Start a prediction and return its record as the server answered.
+
+        ``model="owner/name"`` runs the model's latest version
+        (``POST models/{owner}/{name}/predictions``; the gateways serve this
+        one); ``version=`` (or ``model="owner/name:<version>"``) one version
+        (``POST predictions``); ``deployment="owner/name"`` a deployment
+        (``POST deployments/{owner}/{name}/predictions``). Give exactly one.
+
+        Creating is not idempotent, so it is retried only where the request
+        provably never reached the server: the connection was refused or
+        not made, or a 429 (throttled: nothing was created) within the
+        retry policy, after its ``Retry-After``. Any other failure after the
+        request went out is a :class:`PredictionMayExistError`: the
+        prediction may exist, and is never created twice by replipoll.
+
+        Args:
+            input: The model's inputs (JSON: files as URLs or ``data:`` URIs).
+            webhook: A URL the provider sends the record to as it changes
+                (see :func:`verify_webhook`).
+            webhook_events_filter: Which changes: some of ``"start"``,
+                ``"output"``, ``"logs"``, ``"completed"`` (the provider's
+                default: all).
+            cancel_after: A deadline kept by the server (``Cancel-After``):
+                seconds, or a duration like ``"5m"``. A prediction that has
+                not started by then ends ``aborted``, one running ``canceled``.
+            wait: Sync mode (``Prefer: wait=N``): the server holds the answer
+                up to this many seconds (1-60; ``True`` = 60) until the
+                prediction is done. The record may still be running: check
+                :attr:`Prediction.is_terminal`. The request's timeouts grow
+                by that much.
+
+        Raises:
+            ConfigurationError: a bad argument (``option`` names it); nothing
+                was sent.
+            PredictionMayExistError: the request may have created the
+                prediction, but its answer was lost; not retried.
+            RequestError: refused by the server (401, 404, 422: nothing was
+                created), or throttled or unreachable after the retries.
+
+        Example:
+            >>> import asyncio, replipoll
+            >>> from replipoll.testing import FakeReplicate
+            >>> async def main():
+            ...     async with FakeReplicate() as server, replipoll.Client(
+            ...         base_url=server.base_url(), api_key=server.api_key
+            ...     ) as client:
+            ...         made = await client.create(
+            ...             "acme/echo", input={"prompt": "hi", "replipoll_duration": 0}
+            ...         )
+            ...         done = await client.wait(made.id)
+            ...     return made.model, str(done.status)
+            >>> asyncio.run(main())
+            ('acme/echo', 'succeeded')
+        """
+        request = create_request(
+            model,
+            version=version,
+            deployment=deployment,
+            input=input,
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+            cancel_after=cancel_after,
+            wait=wait,
+        )
+        timeouts = self._timeouts
+        prefer = dict(request.headers).get("Prefer")
+        if prefer is not None:  # the server holds the answer that long
+            held = float(prefer.partition("=")[2]) + 30.0
+            timeouts = attrs.evolve(
+                timeouts,
+                total=None if timeouts.total is None else timeouts.total + held,
+                read=None if timeouts.read is None else max(timeouts.read, held),
+            )
+        return await call_with_retries(
+            functools.partial(self._attempt_create, request, timeouts),
+            self._retry,
+            what=f"the create ({request.path})",
+        )
 
     async def cancel(self, prediction_id: str) -> Prediction:
         """Cancel a prediction: ``POST {base_url}/predictions/{id}/cancel``.
@@ -459,15 +581,61 @@ class Client:
             self._heed(hints, budget, self._retry)
         return record
 
+    async def _attempt_create(
+        self, request: ApiRequest, timeouts: Timeouts, within: float | None
+    ) -> Prediction:
+        """One attempt of :meth:`create`; what may have arrived is never retried.
+
+        Raises:
+            PredictionMayExistError: the request went out and failed after.
+            RequestError: the request provably did not create anything
+                (retried where the policy says so: refused, 429).
+        """
+        budget = self._create_budget
+        if not budget.try_acquire(time.monotonic()):
+            within = await self._wait_for_slot(request, within, budget)
+        sent_at = time.time()
+        try:
+            return await self._transport.api(request, timeouts, within=within)
+        except RateLimitedError as error:
+            self._throttled_create(error)
+            raise
+        except (TransportError, ServerError, DecodeError, ResponseTooLargeError) as exc:
+            if (isinstance(exc, TransportError) and not exc.sent) or isinstance(
+                exc, GatewayError | BaseURLError
+            ):
+                raise  # never sent; or the gateway's own refusal, a wrong base URL
+            failure = PredictionMayExistError(exc, sent_at=sent_at)
+        raise failure
+
+    def _throttled_create(self, error: RateLimitedError) -> None:
+        """Pause creates for a 429's ``Retry-After``; heed a reduced limit it states."""
+        budget = self._create_budget
+        after = error.retry_after
+        if after is not None and after <= self._retry.max_retry_after:
+            budget.pause_until(time.monotonic() + after)
+        limit = create_limit(error.message)
+        if limit is not None and (budget.rate is None or limit[0] < budget.rate):
+            budget.rate, budget.burst = limit
+            logger.warning(
+                "the provider limits this key to %.3g creates a second (burst %d); "
+                "creates are paced to that",
+                *limit,
+            )
+
     async def _wait_for_slot(
-        self, request: ApiRequest, within: float | None
+        self,
+        request: ApiRequest,
+        within: float | None,
+        budget: RateBudget | None = None,
     ) -> float | None:
         """Wait for a slot of this client's budget; return what is left of ``within``.
 
         Raises:
             RequestTimeoutError: ``within`` passed first.
         """
-        budget = self._budget
+        if budget is None:
+            budget = self._budget
         if within is None:
             await budget.acquire()
             return None

@@ -22,6 +22,7 @@
     │   │   ├── MismatchedIdError             ... but another prediction's record
     │   │   └── BaseURLError                  ... but an HTML page: see above
     │   ├── ResponseTooLargeError             an answer over the size limit; .limit
+    │   ├── PredictionMayExistError           a create failed after it may have arrived
     │   └── TransportError                    no usable answer at all
     │       ├── ConnectError                  refused, reset, dropped, cut off
     │       └── RequestTimeoutError           the per-request timeout passed
@@ -67,6 +68,7 @@ __all__ = [
     "NoStreamError",
     "NotFoundError",
     "PollTimeout",
+    "PredictionMayExistError",
     "RateLimitedError",
     "ReplipollError",
     "RequestError",
@@ -322,7 +324,17 @@ class ResponseTooLargeError(RequestError):
 
 
 class TransportError(RequestError):
-    """No usable answer: the connection failed or the request timed out."""
+    """No usable answer: the connection failed or the request timed out.
+
+    Attributes:
+        sent: ``False`` when the request provably never left: the
+            connection was refused or not made within the connect timeout.
+            ``True`` when it may have reached the server (a reset, a read
+            timeout): what :meth:`Client.create <replipoll.Client.create>`
+            must not retry blindly.
+    """
+
+    sent: bool = True
 
 
 class ConnectError(TransportError):
@@ -331,6 +343,39 @@ class ConnectError(TransportError):
 
 class RequestTimeoutError(TransportError):
     """One request took longer than its per-request timeout."""
+
+
+class PredictionMayExistError(RequestError):
+    """A create failed after the request may have reached the server.
+
+    Creating is not idempotent: the server may have created the prediction
+    and lost only its answer (a reset, a timeout while reading, a 5xx or an
+    unreadable 2xx). So it is not retried: a retry could start the same
+    work twice, and bill it twice. Look for the prediction (its webhook, or
+    on Replicate the predictions created since :attr:`sent_at`) before
+    creating it again.
+
+    Attributes:
+        sent_at: Unix time when the request went out.
+        reason: The failure (a :class:`RequestError`), with its status and
+            request id, which this error repeats.
+    """
+
+    def __init__(
+        self, reason: RequestError, *, sent_at: float, attempts: int = 1
+    ) -> None:
+        super().__init__(
+            f"the create failed after the request may have reached the server "
+            f"({reason.message}); the prediction may exist: look for it before "
+            f"creating it again",
+            method=reason.method,
+            url=reason.url,
+            status=reason.status,
+            request_id=reason.request_id,
+            attempts=attempts,
+        )
+        self.reason = reason
+        self.sent_at = sent_at
 
 
 class ManagerClosedError(ReplipollError):

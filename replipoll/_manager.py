@@ -21,7 +21,14 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -680,7 +687,7 @@ class PollManager:
         cancel_after: float | str | None = None,
         wait: bool | float | None = None,
         on_created: Callable[[int, Prediction], Awaitable[None] | None] | None = None,
-    ) -> AsyncIterator[RunResult]:
+    ) -> AsyncGenerator[RunResult, None]:
         """Create a prediction per input; yield a :class:`RunResult` as each ends.
 
         Creates go out as the client's create budget allows, at most

@@ -172,10 +172,20 @@ def translate(
             why = f"timed out: no answer within {total:g}s"
         else:
             why = "timed out"
-        return RequestTimeoutError(why, method=method, url=url)
+        timed_out = RequestTimeoutError(why, method=method, url=url)
+        # No connection within the connect timeout: nothing was sent.
+        timed_out.sent = not isinstance(exc, aiohttp.ConnectionTimeoutError)
+        return timed_out
     for kind, error, describe in TRANSLATIONS:
         if isinstance(exc, kind):
-            return error(describe(exc), method=method, url=url)
+            translated = error(describe(exc), method=method, url=url)
+            if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+                translated, TransportError
+            ):
+                # Refused, unresolvable, or the TLS handshake failed: the
+                # request never left (what a create may safely retry).
+                translated.sent = False
+            return translated
     raise TypeError(f"not a transport failure: {type(exc).__name__}")  # a bug
 
 
@@ -412,7 +422,7 @@ class Transport:
             headers,
             body,
             data=data,
-            expected_id=request.prediction_id,
+            expected_id=request.prediction_id or None,
             method=request.method,
             url=url,
             redact=self._redact,
@@ -461,6 +471,8 @@ class Transport:
             session = self.session()
         url = f"{self._base_url}/{request.path}"
         method = request.method
+        if request.headers:
+            headers = {**headers, **dict(request.headers)}
         started = time.monotonic()
         cached = self._last_timeout
         if within is None and cached is not None and cached[0] is timeouts:
@@ -474,7 +486,12 @@ class Transport:
             # too, on the same host) to a path nobody configured, and turn a
             # POST .../cancel into a GET. A 3xx is a BadRequestError instead.
             async with session.request(
-                method, url, headers=headers, timeout=timeout, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                data=request.body,
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
                 status = response.status
                 answer_headers = response.headers

@@ -45,18 +45,26 @@ __all__ = ["OneRun", "output_text", "run_one", "uncertain_message"]
 def output_text(output: Any) -> str | None:
     """What ``replipoll run`` prints of an output; ``None`` for no output.
 
-    A string as it is, a list of strings one a line, anything else as JSON.
+    A string as it is; a list of file URLs one a line; a list of other
+    strings joined (a language model's output is its tokens); anything else
+    as JSON.
 
     Example:
-        >>> output_text("hi"), output_text(["a.png", "b.png"]), output_text({"n": 1})
-        ('hi', 'a.png\\nb.png', '{\\n  "n": 1\\n}')
+        >>> output_text("hi"), output_text(["https://x/a.png", "https://x/b.png"])
+        ('hi', 'https://x/a.png\\nhttps://x/b.png')
+        >>> output_text(["Hel", "lo", " world"]), output_text({"n": 1})
+        ('Hello world', '{\\n  "n": 1\\n}')
     """
     if output is None:
         return None
     if isinstance(output, str):
         return output
     if isinstance(output, list) and all(isinstance(item, str) for item in output):
-        return "\n".join(output)
+        if output and all(
+            item.lower().startswith(("https://", "http://", "data:")) for item in output
+        ):
+            return "\n".join(output)
+        return "".join(output)
     return dumps(output, indent=2)
 
 
