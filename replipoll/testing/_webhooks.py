@@ -18,7 +18,8 @@ no answer, with a doubling wait, until ``webhook_retry_window`` seconds of
 the server's clock after completion, as Replicate does.
 
 Deliveries are scheduled on the server's clock by one background task
-(started by :meth:`FakeReplicate.start`, stopped by ``close``); the sends
+(running while a prediction with a webhook is still to be delivered; stopped
+by ``close``); the sends
 themselves happen in real time. With a :class:`FakeClock` the task looks at
 the clock every :data:`TICK` real seconds: a delivery goes out within a
 tick of the clock being advanced past its time (all due deliveries at
@@ -182,12 +183,23 @@ class WebhookSender:
         (The create handler sets them just after the prediction is made.)
         """
         self._new.append(p)
-        with contextlib.suppress(RuntimeError):  # no loop here: the tick finds it
+        with contextlib.suppress(RuntimeError):  # no loop here: start() finds it
             if self._wake is not None and asyncio.get_running_loop() is self._loop:
                 self._wake.set()
+                self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        """Run the background task while there is something to deliver.
+
+        It ends when no prediction is left to watch, so that a server whose
+        predictions have no webhook runs no task of its own between requests
+        (a test that checks for leaked tasks sees none).
+        """
+        if self._session is not None and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._run(), name="fake-webhooks")
 
     async def start(self) -> None:
-        """Start the background task (in the running loop)."""
+        """Get ready to deliver, in the running loop."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         # No proxies from the environment, no cookies: straight to loopback.
@@ -195,7 +207,8 @@ class WebhookSender:
             timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._task = asyncio.create_task(self._run(), name="fake-webhooks")
+        if self._new:
+            self._ensure_running()
 
     async def close(self) -> None:
         """Stop scheduling and cancel deliveries in flight; safe to call twice."""
@@ -216,6 +229,8 @@ class WebhookSender:
             now = self.clock()
             self._take_new()
             next_due = self._send_due(now)
+            if not self._tracked and not self._new:
+                return  # added() starts it again
             wait = TICK if next_due is None else min(max(next_due - now, 0.0), TICK)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
