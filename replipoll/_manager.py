@@ -715,12 +715,13 @@ class PollManager:
             ...     async with FakeReplicate() as server, replipoll.Client(
             ...         base_url=server.base_url(), api_key=server.api_key
             ...     ) as client, replipoll.PollManager(client) as manager:
-            ...         return sorted(
-            ...             [r.index, r.succeeded]
+            ...         results = [
+            ...             (r.index, r.succeeded)
             ...             async for r in manager.run_many(inputs, "acme/echo")
-            ...         )
+            ...         ]
+            ...     return sorted(results)
             >>> asyncio.run(main())
-            [[0, True], [1, True], [2, True]]
+            [(0, True), (1, True), (2, True)]
         """
         url = webhook if webhook is not None else self.webhook
         options: dict[str, Any] = {
