@@ -215,6 +215,7 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
             )
     rows.extend(_learned_targets(results.get("learned")))
     rows.extend(_sweep_targets(results.get("sweep")))
+    rows.extend(_webhook_targets(results.get("webhooks")))
     return rows
 
 
@@ -1123,7 +1124,7 @@ matter more than absolute microseconds.
         + _table(
             [
                 "target (issue 6; the fast path: issue 15; the learned schedule "
-                "and sweeps: issue 14)",
+                "and sweeps: issue 14; webhooks: issue 16)",
                 "measured",
                 "",
             ],
@@ -1141,6 +1142,7 @@ matter more than absolute microseconds.
         ("schedule", _schedule),
         ("learned", _learned),
         ("sweep", _sweep),
+        ("webhooks", _webhooks),
     ):
         if key in results:
             sections.append(section(results[key]))
@@ -1704,3 +1706,145 @@ def plot(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+#: The scenarios of bench_webhooks.py, in its order.
+WEBHOOK_SCENARIOS = (
+    "webhooks",
+    "webhooks, 10% lost",
+    "polling (the default schedule)",
+    "fixed 0.5 s (official client)",
+)
+
+
+def _rounds(r: dict[str, Any], name: str, key: str) -> list[float]:
+    return [x[key] for x in r["scenarios"][name] if x.get(key) is not None]
+
+
+def _span_of(values: list[float], unit: str = "", digits: int = 2) -> str:
+    """Median of the rounds, with the lowest and highest in brackets."""
+    import statistics
+
+    med = statistics.median(values)
+    text = f"{med:.{digits}f}{unit}"
+    if min(values) != max(values):
+        text += f" ({min(values):.{digits}f}–{max(values):.{digits}f})"
+    return text
+
+
+def _webhook_targets(r: dict[str, Any] | None) -> list[list[str]]:
+    if r is None:
+        return []
+    targets = r["targets"]
+    hooks, lossy = WEBHOOK_SCENARIOS[0], WEBHOOK_SCENARIOS[1]
+    requests = _rounds(r, hooks, "requests_per_prediction")
+    overhead = [o * 1000 for o in _rounds(r, hooks, "overhead")]
+    latency = [x * 1000 for x in _rounds(r, hooks, "mean_webhook_latency")]
+    worst = _rounds(r, lossy, "max_lost_delay")
+    resolved = all(x["n"] == r["n"] for x in r["scenarios"][lossy])
+    bound = targets["safety_interval"]
+    return [
+        [
+            f"webhooks on, {r['n']:,} predictions: ≤ "
+            f"{targets['requests_per_prediction']:g} requests per prediction",
+            _span_of(requests, "", 3),
+            _yes(max(requests) <= targets["requests_per_prediction"]),
+        ],
+        [
+            "webhooks on: mean detection delay ≤ webhook latency + "
+            f"{targets['overhead'] * 1000:.0f} ms",
+            f"latency {_span_of(latency, ' ms', 1)}, plus "
+            f"{_span_of(overhead, ' ms', 1)}",
+            _yes(max(overhead) <= targets["overhead"] * 1000),
+        ],
+        [
+            "10% of webhooks lost: every prediction resolves, within the "
+            f"safety net's bound ({bound:g} s after its end while its model is "
+            "new)",
+            f"all resolved: {'yes' if resolved else 'no'}; worst "
+            f"{_span_of(worst, ' s', 1)}",
+            _yes(resolved and max(worst) <= bound + 0.5),
+        ],
+    ]
+
+
+def _webhooks(r: dict[str, Any]) -> str:
+    rows = []
+    for name in WEBHOOK_SCENARIOS:
+        rows.append(
+            [
+                name,
+                _span_of(_rounds(r, name, "requests_per_prediction"), "", 3),
+                _span_of(_rounds(r, name, "mean_delay"), " s", 3),
+                _span_of(_rounds(r, name, "p95_delay"), " s", 3),
+                _span_of(_rounds(r, name, "max_delay"), " s", 2),
+            ]
+        )
+    hooks, lossy, polling, fixed = WEBHOOK_SCENARIOS
+    requests = _rounds(r, hooks, "requests_per_prediction")
+    ratio_polling = [
+        a / b
+        for a, b in zip(
+            requests, _rounds(r, polling, "requests_per_prediction"), strict=True
+        )
+    ]
+    ratio_fixed = [
+        a / b
+        for a, b in zip(
+            requests, _rounds(r, fixed, "requests_per_prediction"), strict=True
+        )
+    ]
+    lost = _rounds(r, lossy, "lost_found")
+    targets = r["targets"]
+    return f"""## 8. Create and push (webhooks)
+
+One workload, four ways of learning that each prediction ended. A round
+creates {r["n"]:,} predictions at once with `PollManager.run_many` against a
+`FakeReplicate` in the same process (seeded run times of 1 to 6 s, queue
+times up to 0.5 s) and waits for all of them:
+
+- *webhooks*: each prediction is created with a `webhook` (its `completed`
+  event only) pointing at a loopback aiohttp app serving
+  `replipoll.webhook_handler`, which verifies each signed delivery and
+  pushes the record to the manager; polls are only the safety net (the
+  defaults: `webhook_grace={targets["webhook_grace"]:g}`,
+  `safety_interval={targets["safety_interval"]:g}`);
+- *webhooks, 10% lost*: the same, with the fake server dropping 10% of the
+  deliveries;
+- *polling*: no webhook, the manager's defaults (learned schedule, sweeps);
+- *fixed 0.5 s*: no webhook, every id polled every 0.5 s, the official
+  client's schedule.
+
+Requests per prediction count its create and every `GET` of it (list pages,
+shared, as pages over {r["n"]:,}). The detection delay runs from a
+prediction's completion on the server to its result in the `run_many` loop
+(both on `time.monotonic`). {r["rounds"]} rounds, each scenario in a process
+of its own; medians, with the lowest and highest round in brackets.
+
+{
+        _table(
+            [
+                "scenario",
+                "requests / prediction",
+                "mean delay",
+                "p95 delay",
+                "worst delay",
+            ],
+            rows,
+        )
+    }
+
+With webhooks, a prediction costs its create and nothing else:
+{_span_of(ratio_polling, "×", 3)} the requests of polling with the default
+schedule and {_span_of(ratio_fixed, "×", 3)} those of the official client's
+schedule, and its result reaches the caller
+{_span_of([o * 1000 for o in _rounds(r, hooks, "overhead")], " ms", 1)} after
+the webhook reached the app (the webhook itself took
+{_span_of([x * 1000 for x in _rounds(r, hooks, "mean_webhook_latency")], " ms", 1)}
+on loopback). With 10% lost, {_span_of(lost, "", 0)} predictions a round
+were found by the safety polls, the worst
+{_span_of(_rounds(r, lossy, "max_lost_delay"), " s", 1)} after it ended: the
+first safety poll of a model not seen finishing yet goes out
+{targets["safety_interval"]:g} s after the create, and every prediction here
+was created at once, before any had finished.
+"""

@@ -8,7 +8,7 @@ The full run writes ``bench/results/latest.json``, ``docs/benchmarks.md`` and
 ``bench/results/quick.json``, ``quick.md`` and ``quick.png`` beside it (not
 the docs: its figures are too rough to publish), unless ``--docs``.
 ``--only get,schedule`` runs some of them: get, manager, scale, rate,
-schedule, learned, sweep (in a full run, the others are kept from
+schedule, learned, sweep, webhooks (in a full run, the others are kept from
 ``latest.json``).
 ``--render bench/results/latest.json`` rewrites the page and the plot from
 saved figures, without measuring.
@@ -34,6 +34,7 @@ BENCHMARKS = {
     "schedule": "bench_schedule",
     "learned": "bench_learned",
     "sweep": "bench_sweep",
+    "webhooks": "bench_webhooks",
 }
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
 DOCS_PLOT = ROOT / "docs" / "_static"

@@ -637,8 +637,10 @@ class PollManager:
         the webhook (``webhook=``, else this manager's ``webhook``, handed
         over by :meth:`push`), or polling. The create's answer serves as
         the first poll; with a webhook, polls are only a safety net.
-        Cancelling the caller leaves the prediction running and polled
-        (like :meth:`wait`).
+        Cancelling the caller once the prediction exists leaves it running
+        and polled (like :meth:`wait`); cancelling it while the create is
+        in flight may leave a prediction that nobody follows, as any
+        cancelled create may.
 
         Raises:
             ConfigurationError: a bad argument; nothing was sent.
