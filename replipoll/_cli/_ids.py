@@ -133,7 +133,8 @@ def parse_ids(lines: Iterable[str], source: str = "input") -> list[str]:
 
     A line holds an id, a page or API URL (:func:`id_from`), or a JSON
     value: a string, or an object with a string ``"id"`` (JSON Lines, such as
-    a results file of ``replipoll poll``). Skipped: blank lines, ``#``
+    a results file of ``replipoll poll`` or ``replipoll run``). Skipped:
+    the lines of ``replipoll run`` about inputs without a prediction, blank lines, ``#``
     comment lines, comments after whitespace (``abc  # note``), a UTF-8 BOM,
     the ``\\r`` of CRLF line ends. Text whose first line (comments aside)
     starts with ``[`` is one JSON array of ids or objects with an ``"id"``,
@@ -151,6 +152,8 @@ def parse_ids(lines: Iterable[str], source: str = "input") -> list[str]:
         ['abc', 'def']
         >>> parse_ids(['{"id": "abc", "result": "failed"}', '"def"'])
         ['abc', 'def']
+        >>> parse_ids(['{"id": "#input-0", "result": "error", "input_index": 0}'])
+        []
         >>> parse_ids(["[", '  "abc",', '  {"id": "def"}', "]"])
         ['abc', 'def']
         >>> parse_ids(["abc", "ab#c"], "ids.txt")
@@ -177,8 +180,8 @@ def parse_ids(lines: Iterable[str], source: str = "input") -> list[str]:
     ids = []
     for number, line in enumerate(lines, 1):
         text = _content(line)
-        if text:
-            ids.append(_id_on_line(text, f"{source} line {number}"))
+        if text and (pid := _id_on_line(text, f"{source} line {number}")):
+            ids.append(pid)
     return ids
 
 
@@ -200,7 +203,12 @@ def _loads(text: str) -> Any:
         return None
 
 
-def _id_on_line(text: str, where: str) -> str:
+def _id_on_line(text: str, where: str) -> str | None:
+    """The id on one line.
+
+    ``None`` for a line of ``replipoll run`` about an input that has no
+    prediction (its ``"id"`` is ``#input-N``).
+    """
     if text[0] in '{["':
         try:
             value, end = _DECODER.raw_decode(text)
@@ -208,6 +216,12 @@ def _id_on_line(text: str, where: str) -> str:
             raise ConfigurationError(f"{where} is not valid JSON") from None
         if _without_comment(text[end:]):  # only a comment may follow
             raise ConfigurationError(f"{where} is not valid JSON")
+        if (
+            isinstance(value, dict)
+            and "input_index" in value
+            and str(value.get("id", "")).startswith("#input-")
+        ):
+            return None
         return _id_in_value(value, where)
     return _checked(_without_comment(text), where)
 
