@@ -1037,18 +1037,24 @@ class PollManager:
                 return
             if not self._is_current(track):
                 return  # ended (or cancelled) while waiting
-        self._requests += 1
-        self._in_flight += 1
-        if self._in_flight > self._peak:
-            self._peak = self._in_flight
         sent = loop.time()
         # The request may not outlast the id's deadline, nor the retry
         # policy's timeout for a run of failures.
         end = track.deadline
         retrying = track.retrying
         if retrying is not None and retrying.deadline is not None:
+            if retrying.deadline <= sent and retrying.last is not None:
+                # The coalescing grid (or a wait for the budget) took this
+                # retry past the policy's timeout: end with the error that
+                # asked for it, not a request left no time to answer.
+                self._give_up(track, retrying)
+                return
             end = min(end, retrying.deadline)
         within = end - sent if end < math.inf else None
+        self._requests += 1
+        self._in_flight += 1
+        if self._in_flight > self._peak:
+            self._peak = self._in_flight
         try:
             pid = track.id
             request = track.request or ApiRequest("GET", f"predictions/{pid}", pid)
@@ -1235,6 +1241,14 @@ class PollManager:
         else:
             self._retries += 1
             self._schedule(track, now + wait, now)  # (a backoff: never early)
+
+    def _give_up(self, track: _Track, retrying: Retrying) -> None:
+        """End ``track`` with the last failure of its run of retries."""
+        error = retrying.last
+        assert error is not None
+        if isinstance(error, RequestError):
+            error.attempts = retrying.attempts
+        self._fail(track, error)
 
     def _diagnose(self, diagnosis: Diagnosis) -> None:
         """The batch fails for one reason: say it once; stop if asked."""

@@ -164,7 +164,7 @@ class RetryPolicy:
 class Retrying:
     """The retry state of one logical call: see :meth:`RetryPolicy.start`."""
 
-    __slots__ = ("_ceilings", "_rng", "attempts", "deadline", "policy")
+    __slots__ = ("_ceilings", "_rng", "attempts", "deadline", "last", "policy")
 
     def __init__(
         self, policy: RetryPolicy, started: float, rng: random.Random | None = None
@@ -172,6 +172,8 @@ class Retrying:
         self.policy = policy
         #: Attempts that failed so far.
         self.attempts = 0
+        #: How the latest attempt failed (``None`` before the first).
+        self.last: BaseException | None = None
         #: When the call must be over (monotonic seconds), or ``None``.
         self.deadline = None if policy.timeout is None else started + policy.timeout
         self._rng = rng
@@ -198,6 +200,7 @@ class Retrying:
             what: Names the call in the log line (an id, a URL).
         """
         self.attempts += 1
+        self.last = error
         policy = self.policy
         wait = None
         if self.attempts < policy.max_attempts and policy.is_retryable(error):
@@ -269,5 +272,10 @@ async def call_with_retries(
         wait = retrying.next_wait(error, time.monotonic(), what=what)
         if wait is None:
             raise error
-        error = None
+        last, error = error, None
         await asyncio.sleep(wait)
+        if deadline is not None and time.monotonic() >= deadline:
+            # A loop too busy to wake on time took the retry past the
+            # timeout: the failure that asked for it is the answer.
+            last.attempts = retrying.attempts
+            raise last

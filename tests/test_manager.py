@@ -27,6 +27,7 @@ from replipoll import (
     RateLimitedError,
     RequestError,
     RetryPolicy,
+    ServerError,
 )
 from replipoll._schedule import on_grid
 from replipoll.testing import FakeReplicate, Fault
@@ -994,3 +995,25 @@ async def test_without_stop_the_judgement_is_only_said(
         results = await manager.poll_many(ids)
     assert manager.diagnosis is not None
     assert all(isinstance(r.error, replipoll.AuthenticationError) for r in results)
+
+
+async def test_a_retry_due_after_the_retry_timeout_ends_with_its_error() -> None:
+    """One worker, busy for 0.6 s with a slow answer when the retry of a 500
+    falls due: it goes out after the policy's 0.3 s timeout. The id ends
+    with the 500 that asked for it, not with a request given no time."""
+    policy = RetryPolicy(max_attempts=100, base_delay=0.05, max_delay=0.05, timeout=0.3)
+    async with FakeReplicate(latency=0.02) as server:  # no answer within 1 ms
+        failing, slow = server.add_prediction(), server.add_prediction(duration=0)
+        server.add_fault(Fault.server_error(), prediction_id=failing, times=None)
+        server.add_fault(Fault.slow(0.6), prediction_id=slow)
+        async with (
+            Client(base_url=server.base_url(), api_key=server.api_key) as client,
+            PollManager(
+                client, retry=policy, max_concurrency=1, coalesce=0, sweep=False
+            ) as manager,
+        ):
+            results = await manager.poll_many([failing, slow])
+    failed = results[0].error
+    assert isinstance(failed, ServerError), failed
+    assert failed.attempts == server.stats.requests_per_id[failing]
+    assert results[1].error is None
