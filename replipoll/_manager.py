@@ -876,6 +876,20 @@ class PollManager:
                     self._resolve(track, prediction)
         return prediction
 
+    def latest(self, prediction_id: str) -> Prediction | None:
+        """The latest record of an id being tracked, or ``None``.
+
+        What the last poll, pushed webhook or create answered (``None``
+        before the first answer, for an id not tracked, and with
+        ``keep_last=False``). Unlike ``on_update``, which hears of status
+        changes, this is the record itself as it was last seen: its
+        ``logs`` (and :func:`parse_progress`) say how far a running
+        prediction got. A finished id is no longer tracked: its record is
+        its future's result.
+        """
+        track = self._tracks.get(prediction_id)
+        return None if track is None else track.last
+
     @property
     def diagnosis(self) -> Diagnosis | None:
         """Why the whole batch fails, if its first answers say so; else ``None``.

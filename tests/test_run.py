@@ -164,3 +164,21 @@ async def test_leaving_run_many_early_leaks_no_task(
             if not t.done() and "run_many.<locals>" in repr(t.get_coro())
         ]
     assert left == []
+
+
+async def test_latest_is_the_record_as_last_seen_logs_and_all(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """Between status changes the record moves on (its logs); latest() has it."""
+    pid = fake_replicate.add_prediction(duration=60)
+    async with (
+        _client(fake_replicate) as client,
+        PollManager(client, sweep=False) as manager,
+    ):
+        assert manager.latest(pid) is None  # not tracked
+        manager.submit(pid, webhook=True)
+        running = Prediction(id=pid, status=Status.PROCESSING, logs="step 3/10")
+        manager.push(running)
+        latest = manager.latest(pid)
+    assert latest is not None
+    assert latest.logs == "step 3/10"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,8 @@ class OneRun:
     started: float = attrs.Factory(time.monotonic)
     sent_at: float | None = None
     prediction: Prediction | None = None
+    #: The manager's latest record of an id (its logs move between statuses).
+    latest: Callable[[str], Prediction | None] | None = None
 
     def sending(self, index: int) -> None:
         """The create request is being built (``SendGate``'s callback)."""
@@ -116,6 +118,8 @@ class OneRun:
         prediction = self.prediction
         if prediction is None:
             return f"creating a prediction of {self.target}  {elapsed:.0f}s"
+        if self.latest is not None:
+            prediction = self.latest(prediction.id) or prediction
         progress = parse_progress(prediction.logs or "")
         percent = "" if progress is None else f" {progress.fraction:.0%}"
         return f"{prediction.id} {prediction.status}{percent}  {elapsed:.0f}s"
@@ -157,6 +161,7 @@ async def _create_and_wait(
         PollManager(client, timeout=timeout, on_update=state.update) as manager,
         _status_line(console, state),
     ):
+        state.latest = manager.latest
         gate = SendGate(0, inputs, state.sending)
         results = manager.run_many([gate], **target, on_created=state.created)
         async with closing(results) as each:
