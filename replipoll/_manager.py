@@ -367,6 +367,9 @@ class PollManager:
         # beat the answer of the create that made its prediction.
         self._early: dict[str, tuple[float, Prediction]] = {}
         self._pushing: set[asyncio.Task[None]] = set()
+        # Ids whose webhook is expected, by model, whose safety poll was set
+        # before the model's run time was known: planned again once it is.
+        self._unplanned: dict[str, set[str]] = {}
         self._created = self._pushed = 0
         self._polls = TimerQueue()
         # Deadlines are a queue of their own, so that they pass on time
@@ -1147,7 +1150,37 @@ class PollManager:
                 expected = now + (finish - wall) + self.webhook_grace
                 if expected > now:
                     due = expected
+            elif prediction.model:
+                self._unplanned.setdefault(prediction.model, set()).add(track.id)
         self._schedule(track, due, now, due)
+
+    def _replan(self, model: str) -> None:
+        """Move the safety polls of ``model``'s ids, set before it was known.
+
+        Once the model's run time is learned, each goes to its expected
+        finish plus ``webhook_grace``, or at once if that has passed (its
+        webhook is late: likely lost).
+        """
+        policy = self.policy
+        assert self._loop is not None
+        assert not isinstance(policy, PollPolicy)
+        waiting = self._unplanned[model]
+        now, wall = self._loop.time(), time.time()
+        for pid in list(waiting):
+            track = self._tracks.get(pid)
+            last = None if track is None else track.last
+            if track is None or last is None:
+                waiting.discard(pid)
+                continue
+            finish = policy.expected_finish(last, now=wall)
+            if finish is None:
+                return  # not known yet (the others are of the same model)
+            waiting.discard(pid)
+            track.rank = finish
+            self._polls.discard(pid)
+            due = max(now, now + (finish - wall) + self.webhook_grace)
+            self._schedule(track, due, now, due)
+        del self._unplanned[model]
 
     # -- what the sweeper calls -------------------------------------------------
 
@@ -1351,6 +1384,10 @@ class PollManager:
         if self._sweeper is not None:
             self._sweeper.discard(track.id)
         self._deadlines.discard(track.id)
+        if track.webhook and self._unplanned and track.last is not None:
+            waiting = self._unplanned.get(track.last.model or "")
+            if waiting is not None:
+                waiting.discard(track.id)
         track.manager = track.retrying = track.request = None
 
     def _stop_tracking(self, track: _Track) -> None:
@@ -1364,6 +1401,8 @@ class PollManager:
             if not isinstance(policy, PollPolicy):
                 policy.learn(prediction)
             self._forget(track)
+            if self._unplanned and prediction.model in self._unplanned:
+                self._replan(prediction.model)
             self._finished += 1
             track.last = None  # the result is the record
             if not track.done():

@@ -14,6 +14,7 @@ import pytest
 from replipoll import (
     BadRequestError,
     Client,
+    LearnedPolicy,
     PollManager,
     PollPolicy,
     Prediction,
@@ -182,3 +183,34 @@ async def test_latest_is_the_record_as_last_seen_logs_and_all(
         latest = manager.latest(pid)
     assert latest is not None
     assert latest.logs == "step 3/10"
+
+
+async def test_safety_polls_set_before_the_model_was_known_move_once_it_is(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """Three ids of a new model expect webhooks: their safety polls are set
+    30 s out. Two webhooks arrive and teach the model; the third id, whose
+    webhook is lost, is polled at once (past its expected finish plus the
+    grace), not 30 s later."""
+    ids = [
+        fake_replicate.add_prediction(duration=0.2, model="acme/m") for _ in range(3)
+    ]
+    async with (
+        _client(fake_replicate) as client,
+        PollManager(
+            client,
+            policy=LearnedPolicy(min_samples=2),
+            sweep=False,
+            safety_interval=30,
+            webhook_grace=0.1,
+        ) as manager,
+    ):
+        futures = [manager.submit(pid, webhook=True) for pid in ids]
+        await asyncio.sleep(0.5)  # first GETs (running); then all end
+        assert [_gets(fake_replicate, pid) for pid in ids] == [1, 1, 1]
+        for pid in ids[:2]:  # their webhooks
+            record = Prediction.from_json(fake_replicate.prediction_state(pid))
+            assert manager.push(record)
+        lost = await asyncio.wait_for(futures[2], 2)
+    assert lost.status == "succeeded"
+    assert _gets(fake_replicate, ids[2]) == 2
