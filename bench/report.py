@@ -1843,8 +1843,10 @@ the webhook reached the app (the webhook itself took
 {_span_of([x * 1000 for x in _rounds(r, hooks, "mean_webhook_latency")], " ms", 1)}
 on loopback). With 10% lost, {_span_of(lost, "", 0)} predictions a round
 were found by the safety polls, the worst
-{_span_of(_rounds(r, lossy, "max_lost_delay"), " s", 1)} after it ended: the
-first safety poll of a model not seen finishing yet goes out
-{targets["safety_interval"]:g} s after the create, and every prediction here
-was created at once, before any had finished.
+{_span_of(_rounds(r, lossy, "max_lost_delay"), " s", 1)} after it ended. Every
+prediction here was created at once, before the model had been seen
+finishing, so each first safety poll was set {targets["safety_interval"]:g} s
+after its create; the webhooks that did arrive taught the model within
+seconds, and the safety polls moved to each prediction's expected finish
+plus {targets["webhook_grace"]:g} s.
 """

@@ -252,9 +252,10 @@ class PollManager:
             whose webhook is expected is polled only as a safety net: see
             ``webhook_grace``.
         webhook_grace: Seconds past an id's expected finish (learned per
-            model; until then, ``safety_interval`` after it was submitted)
-            before the first safety poll of an id whose webhook is
-            expected; then one every ``safety_interval``. A lost webhook so
+            model; until then, ``safety_interval`` after it was submitted,
+            moved once the model is learned) before the first safety poll
+            of an id whose webhook is expected; then one every
+            ``safety_interval``. A lost webhook so
             costs delay, never the result: see :doc:`/howto/webhooks`.
         safety_interval: Seconds between the safety polls of an id whose
             webhook is expected.
