@@ -697,7 +697,10 @@ class PollManager:
         """Create a prediction per input; yield a :class:`RunResult` as each ends.
 
         Creates go out as the client's create budget allows, at most
-        ``max_concurrency`` at once, each followed like :meth:`run`'s. One
+        ``max_concurrency`` at once, each followed like :meth:`run`'s.
+        ``inputs`` is read as the creates go out (a generator over a big
+        file is fine), and a prediction waited for costs its tracked id's
+        future, not a task. One
         input's failure (a refused create, a
         :class:`~replipoll.PredictionMayExistError`) is its result and
         never stops the others. Closing the iterator early (leave the loop
@@ -739,43 +742,71 @@ class PollManager:
             "wait": wait,
         }
         loop = self._start_loop()
-        done: asyncio.Queue[RunResult] = asyncio.Queue()
-        gate = asyncio.Semaphore(self.max_concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+        # None: a creator ran out of inputs. Results of created predictions
+        # come from their futures' callbacks: a tracked id costs no task.
+        done: asyncio.Queue[RunResult | None] = asyncio.Queue()
+        source = enumerate(inputs)  # read as creators take them, not ahead
+        taken = 0
 
-        async def one(index: int, given: Mapping[str, Any]) -> None:
-            record: Prediction | None = None
+        def ended(
+            index: int,
+            given: Mapping[str, Any],
+            created: Prediction,
+            future: asyncio.Future[Prediction],
+        ) -> None:
+            if future.cancelled():
+                error: BaseException | None = asyncio.CancelledError()
+            else:
+                error = future.exception()
+            if error is None:
+                done.put_nowait(RunResult(index, given, future.result()))
+            else:
+                last = future.last if isinstance(future, _Track) else None
+                done.put_nowait(RunResult(index, given, last or created, error))
+
+        async def creator() -> None:
+            nonlocal taken
             try:
-                async with gate:
-                    record = await self.client.create(model, input=given, **options)
-                self._created += 1
-                if on_created is not None:
-                    said = on_created(index, record)
-                    if inspect.isawaitable(said):
-                        await said
-                future = self._follow(record, webhook=url is not None)
-                result = RunResult(index, given, await asyncio.shield(future))
-            except Exception as exc:  # the create's error, or the poll's
-                last = getattr(exc, "last", None)
-                result = RunResult(index, given, last or record, exc)
-            done.put_nowait(result)
+                for index, given in source:
+                    taken += 1
+                    record: Prediction | None = None
+                    try:
+                        record = await self.client.create(model, input=given, **options)
+                        self._created += 1
+                        if on_created is not None:
+                            said = on_created(index, record)
+                            if inspect.isawaitable(said):
+                                await said
+                    except Exception as exc:  # this input's own failure
+                        done.put_nowait(RunResult(index, given, record, exc))
+                        continue
+                    future = self._follow(record, webhook=url is not None)
+                    future.add_done_callback(
+                        functools.partial(ended, index, given, record)
+                    )
+            finally:
+                done.put_nowait(None)
 
-        count = 0
+        creators = [
+            loop.create_task(creator(), name=f"replipoll-creator-{n}")
+            for n in range(self.max_concurrency)
+        ]
+        idle = delivered = 0
         try:
-            for index, given in enumerate(inputs):
-                task = loop.create_task(one(index, given))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                count += 1
-                if count % _CHUNK == 0:
-                    await asyncio.sleep(0)
-            for _ in range(count):
-                yield await done.get()
+            while idle < len(creators) or delivered < taken:
+                result = await done.get()
+                if result is None:
+                    idle += 1
+                    continue
+                delivered += 1
+                yield result
+            for outcome in await asyncio.gather(*creators, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome  # the inputs' iterator itself failed
         finally:
-            for task in list(tasks):
+            for task in creators:
                 task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*creators, return_exceptions=True)
 
     def _follow(
         self, created: Prediction, *, webhook: bool

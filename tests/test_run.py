@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import pytest
 from replipoll import (
@@ -214,3 +215,54 @@ async def test_safety_polls_set_before_the_model_was_known_move_once_it_is(
         lost = await asyncio.wait_for(futures[2], 2)
     assert lost.status == "succeeded"
     assert _gets(fake_replicate, ids[2]) == 2
+
+
+async def test_run_many_reads_inputs_as_it_goes_and_holds_no_task_per_prediction(
+    fake_replicate: FakeReplicate,
+) -> None:
+    """A generator of 40 inputs is read as creates go out, not all at once;
+    waiting on 40 predictions takes the manager's futures, not 40 tasks."""
+    read: list[int] = []
+
+    def inputs() -> Iterator[dict[str, object]]:
+        for n in range(40):
+            read.append(n)
+            yield {"n": n, "replipoll_duration": 0.5}
+
+    async with (
+        _client(fake_replicate) as client,
+        PollManager(client, max_concurrency=4, policy=QUICK, sweep=False) as manager,
+    ):
+        results = manager.run_many(inputs(), "acme/echo")
+        first = await anext(results)
+        creating = [
+            t
+            for t in asyncio.all_tasks()
+            if not t.done() and "run_many.<locals>" in repr(t.get_coro())
+        ]
+        assert len(creating) <= 4
+        rest = [r async for r in results]
+    assert first.succeeded
+    assert len(rest) == 39
+    assert all(r.succeeded for r in rest)
+    assert read == list(range(40))
+
+
+async def test_an_inputs_iterator_that_fails_ends_run_many_with_its_error(
+    fake_replicate: FakeReplicate,
+) -> None:
+    def inputs() -> Iterator[dict[str, object]]:
+        yield {"replipoll_duration": 0.1}
+        yield {"replipoll_duration": 0.1}
+        raise OSError("the inputs file went away")
+
+    got: list[RunResult] = []
+
+    async def drain(manager: PollManager) -> None:
+        async for result in manager.run_many(inputs(), "acme/echo"):
+            got.append(result)
+
+    async with _client(fake_replicate) as client, PollManager(client) as manager:
+        with pytest.raises(OSError, match="went away"):
+            await drain(manager)
+    assert sorted(r.index for r in got) == [0, 1]  # what was taken, delivered
