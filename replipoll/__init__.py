@@ -55,6 +55,7 @@ from ._providers import PROVIDERS, Provider, Timeouts
 from ._results import Diagnosis
 from ._retry import Retrying, RetryPolicy
 from ._schedule import PollPolicy, RateBudget
+from ._share import Budget, Share, ShareHooks
 from ._sse import StreamEvent
 from ._version import VERSION as __version__
 from ._webhook_handler import WebhookReceiver, webhook_handler
@@ -67,6 +68,7 @@ __all__ = [
     "BadRequestError",
     "BaseURLError",
     "BatchStoppedError",
+    "Budget",
     "Client",
     "ClientClosedError",
     "ConfigurationError",
@@ -96,6 +98,8 @@ __all__ = [
     "Progress",
     "Provider",
     "RateBudget",
+    "Share",
+    "ShareHooks",
     "RateLimitedError",
     "ReplayGuard",
     "ReplipollError",

@@ -47,6 +47,7 @@ from ._providers import Provider, Timeouts, get_provider
 from ._retry import RetryPolicy, call_with_retries
 from ._sansio import ApiRequest, Redactor, normalize_base_url
 from ._schedule import PollPolicy, RateBudget
+from ._share import Budget
 from ._sse import Reconnects, StreamEvent
 from ._stream import follow_stream
 from ._transport import DEFAULT_MAX_ANSWER_SIZE, Transport
@@ -104,6 +105,12 @@ class Client:
             a reduced limit ("6 requests per minute with a burst of 1")
             slows this budget down to it.
         create_burst: Creates that may go at once under ``create_rate_limit``.
+        budget: The request budget to spend instead of one made from
+            ``rate_limit`` and ``burst``: any :class:`Budget`, such as a
+            :class:`~replipoll.redis.RedisBudget` that the processes using
+            one key share (see :doc:`/howto/redis`).
+        create_budget: The same for creates, instead of ``create_rate_limit``
+            and ``create_burst``.
         max_connections: Size of the owned session's connection pool.
         max_answer_size: The largest answer accepted, in bytes, counted as
             it arrives and after decompression (16 MiB by default; a
@@ -156,6 +163,8 @@ class Client:
         burst: int = 10,
         create_rate_limit: float | None = None,
         create_burst: int = 1,
+        budget: Budget | None = None,
+        create_budget: Budget | None = None,
         max_connections: int = 100,
         max_answer_size: int = DEFAULT_MAX_ANSWER_SIZE,
     ) -> None:
@@ -184,6 +193,24 @@ class Client:
         check_at_least("Client", "burst", burst, 1)
         check_positive("Client", "create_rate_limit", create_rate_limit, none=True)
         check_at_least("Client", "create_burst", create_burst, 1)
+        for option, given, rate_option, rate in (
+            ("budget", budget, "rate_limit", rate_limit),
+            ("create_budget", create_budget, "create_rate_limit", create_rate_limit),
+        ):
+            if given is None:
+                continue
+            if not isinstance(given, Budget):
+                raise ConfigurationError(
+                    f"Client: {option} must be a replipoll.Budget "
+                    f"(a RateBudget, a RedisBudget), got {type(given).__name__}",
+                    option=option,
+                )
+            if rate is not None:
+                raise ConfigurationError(
+                    f"Client: pass either {option} or {rate_option}, not both "
+                    "(give the budget its rate)",
+                    option=option,
+                )
         check_at_least("Client", "max_connections", max_connections, 1)
         check_at_least("Client", "max_answer_size", max_answer_size, 1024)
         key = api_key if api_key is not None else os.environ.get(preset.env_var, "")
@@ -199,8 +226,14 @@ class Client:
         self._key_env = "api_key" if api_key is not None else preset.env_var
         self._timeouts = timeouts if timeouts is not None else preset.timeouts
         self._retry = retry if retry is not None else RetryPolicy()
-        self._budget = RateBudget(rate=rate_limit, burst=burst)
-        self._create_budget = RateBudget(rate=create_rate_limit, burst=create_burst)
+        self._budget: Budget = (
+            budget if budget is not None else RateBudget(rate=rate_limit, burst=burst)
+        )
+        self._create_budget: Budget = (
+            create_budget
+            if create_budget is not None
+            else RateBudget(rate=create_rate_limit, burst=create_burst)
+        )
         # The pace hints of the latest answer (read as each request returns).
         self._hints = ServerHints()
         self._transport = Transport.for_api(
@@ -261,12 +294,12 @@ class Client:
         return self._retry
 
     @property
-    def budget(self) -> RateBudget:
+    def budget(self) -> Budget:
         """The request budget of this key; paused by ``Retry-After``."""
         return self._budget
 
     @property
-    def create_budget(self) -> RateBudget:
+    def create_budget(self) -> Budget:
         """The budget creates spend (``create_rate_limit``), apart from polling's."""
         return self._create_budget
 
@@ -627,7 +660,7 @@ class Client:
         self,
         request: ApiRequest,
         within: float | None,
-        budget: RateBudget | None = None,
+        budget: Budget | None = None,
     ) -> float | None:
         """Wait for a slot of this client's budget; return what is left of ``within``.
 
@@ -663,7 +696,7 @@ class Client:
     async def _exchange(
         self,
         request: ApiRequest,
-        budget: RateBudget,
+        budget: Budget,
         within: float | None,
         retry: RetryPolicy,
         hints: ServerHints | None = None,
@@ -698,7 +731,7 @@ class Client:
     async def _exchange_page(
         self,
         request: ApiRequest,
-        budget: RateBudget,
+        budget: Budget,
         within: float | None,
         retry: RetryPolicy,
         hints: ServerHints | None = None,
@@ -721,7 +754,7 @@ class Client:
             self._heed(hints, budget, retry)
         return page
 
-    def _heed(self, hints: ServerHints, budget: RateBudget, retry: RetryPolicy) -> None:
+    def _heed(self, hints: ServerHints, budget: Budget, retry: RetryPolicy) -> None:
         """Slow ``budget`` and this client's to the server's rate-limit headers."""
         remaining, reset = hints.remaining, hints.reset
         if remaining is None or reset is None:
@@ -734,7 +767,7 @@ class Client:
             self._budget.heed(remaining, reset, now)
 
     def _pause(
-        self, error: HTTPStatusError, budget: RateBudget, retry: RetryPolicy
+        self, error: HTTPStatusError, budget: Budget, retry: RetryPolicy
     ) -> None:
         """Pause ``budget`` and this client's for a ``Retry-After`` worth it."""
         after = error.retry_after

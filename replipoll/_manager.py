@@ -63,6 +63,7 @@ from ._results import (
 from ._retry import Retrying, RetryPolicy
 from ._sansio import ApiRequest
 from ._schedule import PollPolicy, RateBudget, TimerQueue, on_grid
+from ._share import Budget, Share
 from ._sweep import Sweeper
 
 __all__ = ["PollManager", "PollResult", "PollStats", "RunResult"]
@@ -259,6 +260,15 @@ class PollManager:
             costs delay, never the result: see :doc:`/howto/webhooks`.
         safety_interval: Seconds between the safety polls of an id whose
             webhook is expected.
+        budget: The request budget to spend, any :class:`Budget` (a
+            :class:`~replipoll.redis.RedisBudget` shares one key's limit
+            between processes); the client's by default. Not with
+            ``rate_limit``.
+        share: Peers to share ids with, any :class:`Share`
+            (:class:`~replipoll.redis.RedisShare`): each id is polled by one
+            process at a time, and a record any of them learns, by a poll
+            or a webhook pushed to it, resolves the id everywhere. See
+            :doc:`/howto/redis`.
 
     Use it as ``async with``; on exit every poll still running is stopped and
     awaited, and every unfinished id ends with
@@ -304,6 +314,8 @@ class PollManager:
         webhook: str | None = None,
         webhook_grace: float = 10.0,
         safety_interval: float = 30.0,
+        budget: Budget | None = None,
+        share: Share | None = None,
     ) -> None:
         owner = "PollManager"
         if not isinstance(client, Client):
@@ -337,6 +349,8 @@ class PollManager:
                 "a PollPolicy, a LearnedPolicy",
             ),
             ("retry", retry, (RetryPolicy,), "a RetryPolicy"),
+            ("budget", budget, (Budget,), "a replipoll.Budget"),
+            ("share", share, (Share,), "a replipoll.Share"),
         ):
             if value is not None and not isinstance(value, kind):
                 raise ConfigurationError(
@@ -346,9 +360,21 @@ class PollManager:
                 )
         self.client = client
         self.max_concurrency = max_concurrency
-        self.budget = (
-            client.budget if rate_limit is None else RateBudget(rate_limit, burst)
+        if budget is not None and rate_limit is not None:
+            raise ConfigurationError(
+                f"{owner}: pass either budget or rate_limit, not both "
+                "(give the budget its rate)",
+                option="budget",
+            )
+        self.budget: Budget = (
+            budget
+            if budget is not None
+            else client.budget
+            if rate_limit is None
+            else RateBudget(rate_limit, burst)
         )
+        self.share = share
+        self._hooks = _Hooks(self) if share is not None else None
         self.timeout = timeout
         self.policy: PollPolicy | LearnedPolicy = (
             policy if policy is not None else LearnedPolicy()
@@ -441,6 +467,9 @@ class PollManager:
                 self._sweeping = self._loop.create_task(
                     self._sweeper.run(), name="replipoll-sweeper"
                 )
+            if self.share is not None:
+                assert self._hooks is not None
+                self.share.attach(self._hooks)
         return self._queue
 
     async def close(self) -> None:
@@ -477,6 +506,9 @@ class PollManager:
         finally:  # the rest (all of them, if this was cancelled meanwhile)
             for track in list(self._tracks.values()):
                 self._fail(track, ManagerClosedError(track.id))
+            if self.share is not None and self._queue is not None:
+                assert self._hooks is not None
+                self.share.detach(self._hooks)
         self._polls = TimerQueue()
         self._deadlines = TimerQueue()
 
@@ -517,6 +549,8 @@ class PollManager:
         track = self._new_track(pid, request, webhook)
         if self._early and self._take_early(track):
             return track
+        if self.share is not None:
+            self.share.track(pid)
         sweeper = self._sweeper
         if sweeper is not None and not webhook and sweeper.takes_new():
             sweeper.join_new(pid, track.started)  # found in the next sweep, no GET
@@ -557,7 +591,7 @@ class PollManager:
         if early is None or time.monotonic() - early[0] >= _EARLY_TTL:
             return False
         self._observe(track, early[1])
-        self._resolve(track, early[1])
+        self._resolve(track, early[1], publish=False)  # published as pushed
         return True
 
     def push(self, prediction: Prediction) -> bool:
@@ -581,19 +615,27 @@ class PollManager:
             raise TypeError(
                 f"push takes a replipoll.Prediction, got {type(prediction).__name__}"
             )
+        if self.share is not None and not self._closed:
+            self._start()
+            self.share.publish(prediction)  # the id may be awaited elsewhere
+        return self._apply(prediction)
+
+    def _apply(self, prediction: Prediction, *, pushed: bool = True) -> bool:
+        """Apply a record pushed here (or, not ``pushed``, learned by a peer)."""
         track = self._tracks.get(prediction.id)
         if track is None:
-            if prediction.is_terminal and not self._closed:
+            if pushed and prediction.is_terminal and not self._closed:
                 self._keep_early(prediction)
             return False
-        self._pushed += 1
+        if pushed:
+            self._pushed += 1
         if self.on_update is None:
             self._observe(track, prediction)
             if prediction.is_terminal:
-                self._resolve(track, prediction)
+                self._resolve(track, prediction, publish=False)
             return True
         loop = self._start_loop()
-        task = loop.create_task(self._heard(track, prediction))
+        task = loop.create_task(self._heard(track, prediction, publish=False))
         self._pushing.add(task)
         task.add_done_callback(self._pushing.discard)
         return True
@@ -1048,6 +1090,9 @@ class PollManager:
             track = self._tracks.get(pid)
             if track is None or track.done():
                 continue
+            share = self.share
+            if share is not None and not share.may_poll(pid):
+                continue  # a peer polls it; the share says when it is ours
             sweeper = self._sweeper
             if sweeper is not None and sweeper.claims(track, loop.time()):
                 continue  # the sweeps report it
@@ -1276,8 +1321,14 @@ class PollManager:
                 self._in_flight -= 1
             await asyncio.sleep(wait)
 
-    async def _heard(self, track: _Track, prediction: Prediction) -> None:
-        """A record of ``track``'s id from a sweep: count it, resolve it."""
+    async def _heard(
+        self, track: _Track, prediction: Prediction, *, publish: bool = True
+    ) -> None:
+        """A record of ``track``'s id from a sweep or a push: count it, resolve it.
+
+        ``publish``: a terminal record goes to the share's peers (a sweep's;
+        a push was published as it came).
+        """
         if not self._is_current(track):
             return
         try:
@@ -1287,7 +1338,7 @@ class PollManager:
             self._fail(track, exc)
             return
         if prediction.is_terminal:
-            self._resolve(track, prediction)
+            self._resolve(track, prediction, publish=publish)
 
     def _poll_now(self, track: _Track, *, first: bool = False) -> None:
         """Poll ``track``'s id with its own GET, at once (``first``: before others).
@@ -1416,6 +1467,8 @@ class PollManager:
         if self._sweeper is not None:
             self._sweeper.discard(track.id)
         self._deadlines.discard(track.id)
+        if self.share is not None:
+            self.share.untrack(track.id)
         if track.webhook and self._unplanned and track.last is not None:
             waiting = self._unplanned.get(track.last.model or "")
             if waiting is not None:
@@ -1427,8 +1480,13 @@ class PollManager:
         self._forget(track)
         self._tally.uncount(track.counted)
 
-    def _resolve(self, track: _Track, prediction: Prediction) -> None:
+    def _resolve(
+        self, track: _Track, prediction: Prediction, *, publish: bool = True
+    ) -> None:
+        """End ``track`` with its terminal record; ``publish`` it to the share."""
         if self._is_current(track):
+            if publish and self.share is not None:
+                self.share.publish(prediction)
             policy = self.policy
             if not isinstance(policy, PollPolicy):
                 policy.learn(prediction)
@@ -1451,6 +1509,28 @@ class PollManager:
                 # Retrieved: the error reaches every awaiter, and asyncio
                 # need not log it for a future that nobody awaits.
                 track.exception()
+
+
+class _Hooks:
+    """What a manager offers its share (see :class:`ShareHooks`)."""
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: PollManager) -> None:
+        self._manager = manager
+
+    def deliver(self, prediction: Prediction) -> None:
+        """Apply a record a peer learned, as a push that is not published again."""
+        manager = self._manager
+        if not manager._closed:
+            manager._apply(prediction, pushed=False)
+
+    def poll_now(self, prediction_id: str) -> None:
+        """This process took the id over: poll it at once."""
+        manager = self._manager
+        track = manager._tracks.get(prediction_id)
+        if track is not None and not manager._closed:
+            manager._poll_now(track)
 
 
 def _created(prediction: Prediction) -> float:

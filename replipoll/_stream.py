@@ -21,7 +21,7 @@ from typing import Final
 from ._errors import HTTPStatusError, ResponseTooLargeError, TransportError
 from ._models import Prediction
 from ._providers import Timeouts
-from ._schedule import RateBudget
+from ._share import Budget
 from ._sse import Reconnects, SSEParser, StreamEvent, stream_url_of
 from ._transport import Transport
 
@@ -49,7 +49,7 @@ async def follow_stream(
     transport: Transport,
     timeouts: Timeouts,
     reconnects: Reconnects,
-    budget: RateBudget,
+    budget: Budget,
     pause: Callable[[HTTPStatusError], None],
     last_event_id: str | None = None,
 ) -> AsyncGenerator[StreamEvent]:
