@@ -1526,7 +1526,7 @@ class _Hooks:
             manager._apply(prediction, pushed=False)
 
     def poll_now(self, prediction_id: str) -> None:
-        """This process took the id over: poll it at once."""
+        """Poll the id at once: this process took it over."""
         manager = self._manager
         track = manager._tracks.get(prediction_id)
         if track is not None and not manager._closed:

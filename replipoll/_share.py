@@ -67,7 +67,7 @@ class ShareHooks(Protocol):
         ...
 
     def poll_now(self, prediction_id: str) -> None:
-        """This process may poll the id now (it took it over): poll it at once."""
+        """Poll the id at once: this process took it over (it may poll it now)."""
         ...
 
 
