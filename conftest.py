@@ -14,6 +14,10 @@ running anything.
   match what it printed (``...`` matches anything; whitespace is normalised).
 - A block that needs a real provider is preceded by a ``% skip: next``
   comment and does not run.
+- A block that uses :mod:`replipoll.redis` talks to the Redis at
+  ``REDIS_URL`` (``redis://127.0.0.1:6379/0`` by default, as the block
+  itself reads it); without one there it is skipped, unless
+  ``REPLIPOLL_REQUIRE_REDIS=1`` (CI), when it fails.
 - A ``% invisible-code-block: python`` runs in the namespace of the python
   block just before it, to drive or clean up after that block (run the test
   function it defined, remove the log handler it added). It is not shown in
@@ -116,6 +120,8 @@ class _PythonBlocks:
         """Run ``inner`` in the namespace of block ``key``; record what it printed."""
 
         def evaluate(example: Example) -> Any:
+            if "replipoll.redis" in str(example.parsed):
+                _need_redis()
             page = example.document.namespace
             current = page.get(_CURRENT)
             if current is None or current[0] != key:
@@ -130,6 +136,32 @@ class _PythonBlocks:
             return outcome
 
         return evaluate
+
+
+def _need_redis() -> None:
+    """Skip (or, with REPLIPOLL_REQUIRE_REDIS=1, fail) without a Redis to use."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    reason = _REDIS.get(url)
+    if url not in _REDIS:
+        try:
+            import redis
+
+            connection = redis.Redis.from_url(url, socket_connect_timeout=1)
+            try:
+                connection.ping()
+            finally:
+                connection.close()
+        except Exception as exc:  # ImportError, or any RedisError
+            reason = f"this example needs a Redis at {url} ({exc.__class__.__name__})"
+        _REDIS[url] = reason
+    if reason is not None:
+        if os.environ.get("REPLIPOLL_REQUIRE_REDIS") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+
+
+#: Whether a Redis answered at a URL: None if it did, else why not.
+_REDIS: dict[str, str | None] = {}
 
 
 def _check_printed(example: Example) -> str | None:
