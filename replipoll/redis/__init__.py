@@ -15,4 +15,6 @@ See :doc:`/howto/redis`.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._budget import RedisBudget, RedisUnavailableError
+
+__all__: list[str] = ["RedisBudget", "RedisUnavailableError"]
