@@ -458,6 +458,11 @@ class PollManager:
             raise RuntimeError("this PollManager is closed")
         if self._queue is None:
             self._loop = asyncio.get_running_loop()
+            if self.share is not None:
+                # First: a share that refuses (it serves another manager)
+                # leaves no workers behind.
+                assert self._hooks is not None
+                self.share.attach(self._hooks)
             self._queue = asyncio.PriorityQueue()
             self._workers = [
                 self._loop.create_task(self._work(), name=f"replipoll-worker-{n}")
@@ -467,9 +472,6 @@ class PollManager:
                 self._sweeping = self._loop.create_task(
                     self._sweeper.run(), name="replipoll-sweeper"
                 )
-            if self.share is not None:
-                assert self._hooks is not None
-                self.share.attach(self._hooks)
         return self._queue
 
     async def close(self) -> None:

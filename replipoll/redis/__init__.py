@@ -16,5 +16,6 @@ See :doc:`/howto/redis`.
 from __future__ import annotations
 
 from ._budget import RedisBudget, RedisUnavailableError
+from ._share import RedisShare
 
-__all__: list[str] = ["RedisBudget", "RedisUnavailableError"]
+__all__: list[str] = ["RedisBudget", "RedisShare", "RedisUnavailableError"]

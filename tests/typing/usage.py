@@ -21,6 +21,7 @@ import replipoll
 from replipoll import (
     PROVIDERS,
     TERMINAL_STATUSES,
+    Budget,
     Client,
     PollManager,
     PollPolicy,
@@ -68,7 +69,7 @@ def configure() -> list[Client]:
     assert_type(clients[0].provider, str)
     assert_type(clients[0].timeouts, Timeouts)
     assert_type(clients[0].retry, RetryPolicy)
-    assert_type(clients[0].budget, RateBudget)
+    assert_type(clients[0].budget, Budget)
     return clients
 
 
