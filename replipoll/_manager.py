@@ -874,6 +874,8 @@ class PollManager:
         track = self._new_track(pid, ApiRequest.for_prediction("GET", pid), webhook)
         if self._early and self._take_early(track):
             return track
+        if self.share is not None:
+            self.share.track(pid)
         self._observe(track, created)
         assert self._loop is not None
         self._next_poll(track, created, self._loop.time())

@@ -225,3 +225,20 @@ async def test_budget_and_rate_limit_together_are_refused(
         own = replipoll.RateBudget(rate=50)
         assert replipoll.PollManager(client, budget=own).budget is own
         assert replipoll.PollManager(client).budget is budget
+
+
+async def test_a_prediction_the_manager_creates_is_tracked_with_the_share(
+    fake_replicate: FakeReplicate,
+) -> None:
+    share = MemoryShare(MemoryPeers())
+    async with (
+        replipoll.Client(
+            base_url=fake_replicate.base_url(), api_key=fake_replicate.api_key
+        ) as client,
+        replipoll.PollManager(client, share=share) as manager,
+    ):
+        done = await manager.run(
+            "acme/echo", input={"prompt": "hi", "replipoll_duration": 0.2}
+        )
+    assert share.untracked == [done.id]  # tracked from its create on
+    assert share.published == [done]

@@ -209,12 +209,12 @@ class RedisShare:
         ConfigurationError: an option is unusable (``option`` names it).
 
     Example:
-        >>> import asyncio, os, replipoll
+        >>> import asyncio, os, replipoll, secrets
         >>> from replipoll.redis import RedisShare
         >>> from replipoll.testing import FakeReplicate
         >>> async def main() -> list[str]:
         ...     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-        ...     async with FakeReplicate() as server:
+        ...     async with FakeReplicate(seed=secrets.randbelow(2**32)) as server:
         ...         ids = server.add_predictions(3, duration=0.2)
         ...         base, key = server.base_url(), server.api_key
         ...         async with (
