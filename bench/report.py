@@ -216,6 +216,7 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
     rows.extend(_learned_targets(results.get("learned")))
     rows.extend(_sweep_targets(results.get("sweep")))
     rows.extend(_webhook_targets(results.get("webhooks")))
+    rows.extend(_redis_targets(results))
     return rows
 
 
@@ -1124,7 +1125,7 @@ matter more than absolute microseconds.
         + _table(
             [
                 "target (issue 6; the fast path: issue 15; the learned schedule "
-                "and sweeps: issue 14; webhooks: issue 16)",
+                "and sweeps: issue 14; webhooks: issue 16; Redis: issue 17)",
                 "measured",
                 "",
             ],
@@ -1146,6 +1147,8 @@ matter more than absolute microseconds.
     ):
         if key in results:
             sections.append(section(results[key]))
+    if "redis_budget" in results or "redis_batch" in results:
+        sections.append(_redis(results))
     return "\n\n".join(s.strip() for s in sections) + "\n"
 
 
@@ -1850,3 +1853,159 @@ after its create; the webhooks that did arrive taught the model within
 seconds, and the safety polls moved to each prediction's expected finish
 plus {targets["webhook_grace"]:g} s.
 """
+
+
+#: Targets from issue 17: one key's budget across processes, a batch across
+#: workers.
+REDIS_RATE_SHARE_TARGET = 0.95
+
+
+def _redis_targets(results: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    r = results.get("redis_budget")
+    if r and r.get("shared"):
+        shared, rate, burst = r["shared"], r["rate"], r["burst"]
+        windows = [x["max_1s_window"] for x in shared]
+        share = [x["achieved_ratio"] * 100 for x in shared]
+        during = [x["during_pause"] for x in shared]
+        rows += [
+            [
+                f"{r['processes']} processes on one `RedisBudget`, R = {rate:g}/s: "
+                f"never over R + burst ({rate + burst:g}) in any 1-s window",
+                _span_of(windows, "", 0),
+                _yes(max(windows) <= rate + burst),
+            ],
+            [
+                f"… and at ≥ {REDIS_RATE_SHARE_TARGET:.0%} of R",
+                _span_of(share, " %", 1),
+                _yes(min(share) >= REDIS_RATE_SHARE_TARGET * 100),
+            ],
+            [
+                "… and one 429 with `Retry-After` pauses all of them: 0 requests "
+                "before it expires",
+                _span_of(during, "", 0),
+                _yes(max(during) == 0),
+            ],
+        ]
+    b = results.get("redis_batch")
+    if b:
+        rows += _redis_batch_targets(b)
+    return rows
+
+
+def _redis(results: dict[str, Any]) -> str:
+    parts = ["## 9. Past one process (Redis)"]
+    r = results.get("redis_budget")
+    if r:
+        parts.append(_redis_budget(r))
+    b = results.get("redis_batch")
+    if b:
+        parts.append(_redis_batch(b))
+    return "\n\n".join(parts)
+
+
+def _redis_budget(r: dict[str, Any]) -> str:
+    text = ""
+    if r.get("shared"):
+        shared, rate, burst = r["shared"], r["rate"], r["burst"]
+
+        def span(key: str, unit: str = "", digits: int = 0, k: float = 1) -> str:
+            return _span_of([x[key] * k for x in shared], unit, digits)
+
+        text += f"""### One key's budget, four processes
+
+{r["processes"]} processes, each with its own `Client`, `PollManager` and
+`RedisBudget` (its own connection) on one key at R = {rate:g} requests a
+second, bursts of {burst}, poll ids on one `FakeReplicate`, which logs when
+each request arrives; then the server answers one request with a 429 and
+`Retry-After: {r["retry_after"]:g}`. {len(shared)} rounds; medians, with the
+lowest and highest round in brackets.
+
+{
+            _table(
+                ["figure", "measured", "target"],
+                [
+                    [
+                        "most requests in any 1-s window, as they arrived",
+                        span("max_1s_window"),
+                        f"≤ R + burst = {rate + burst:g}",
+                    ],
+                    [
+                        "… as they were sent (handed to aiohttp)",
+                        span("max_1s_window_sent"),
+                        "",
+                    ],
+                    [
+                        "rate reached",
+                        span("achieved_ratio", " %", 1, 100),
+                        f"≥ {REDIS_RATE_SHARE_TARGET:.0%} of R",
+                    ],
+                    [
+                        "requests from any process during the pause",
+                        span("during_pause"),
+                        "0",
+                    ],
+                    [
+                        "… already in flight when the 429 left",
+                        span("in_flight_at_429"),
+                        "",
+                    ],
+                    [
+                        "first request after the 429",
+                        span("first_after_pause", " s", 3),
+                        f"≥ {r['retry_after']:g} s",
+                    ],
+                ],
+            )
+        }
+"""
+    cost = r.get("cost")
+    if cost:
+
+        def of(variant: str, key: str) -> list[float]:
+            return [x[key] for x in cost[variant]]
+
+        def ratio(a: str, b: str, key: str) -> str:
+            return _span_of(
+                [x / y for x, y in zip(of(a, key), of(b, key), strict=True)], "×"
+            )
+
+        rows = [
+            [
+                label,
+                _span_of(of(variant, "cpu_us"), " µs", 0),
+                _span_of(of(variant, "latency_us"), " µs", 0),
+                ratio(variant, "floor", "cpu_us"),
+            ]
+            for variant, label in (
+                ("floor", "aiohttp `GET` + `json()` (the floor)"),
+                ("local", "`Client.get`, a local `RateBudget`"),
+                ("redis", "`Client.get`, a `RedisBudget`"),
+            )
+        ]
+        added_cpu = [
+            x - y for x, y in zip(of("redis", "cpu_us"), of("local", "cpu_us"), strict=True)
+        ]
+        added_wall = [
+            x - y
+            for x, y in zip(
+                of("redis", "latency_us"), of("local", "latency_us"), strict=True
+            )
+        ]
+        text += f"""
+### What Redis costs a request
+
+{r["gets"]:,} `GET`s one after another, each variant in a fresh interpreter
+(the order rotating by round), CPU of the client process; a rate high enough
+that no request waits, so the figure is the script's round trip itself.
+
+{_table(["client", "CPU / request", "latency / request", "CPU ÷ floor"], rows)}
+
+A `RedisBudget` costs a request {_span_of(added_cpu, " µs", 0)} of CPU and
+{_span_of(added_wall, " µs", 0)} of latency more than a local budget
+({ratio("redis", "local", "cpu_us")} its CPU): one `EVALSHA` through
+redis-py. Requests waiting in one process queue locally and only the first
+asks Redis, so the cost is per request sent, not per waiter; where it
+matters, it buys a limit that four processes cannot spend four times.
+"""
+    return text

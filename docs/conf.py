@@ -70,7 +70,8 @@ _WITH_INVENTORY = (
     r"|enum|json|logging|os|pathlib|random|types|typing)(\..+)?"
 )
 _WITHOUT_INVENTORY = (
-    r"(backoff|cattrs|click|multidict|pytest|pytest_asyncio|web)(\..+)?"
+    r"(backoff|cattrs|click|multidict|pytest|pytest_asyncio|redis|web"
+    r"|Redis|PubSub)(\..+)?"
 )
 nitpick_ignore_regex = [(r"py:.*", _WITHOUT_INVENTORY)]
 if not ONLINE:
