@@ -8,8 +8,9 @@ The full run writes ``bench/results/latest.json``, ``docs/benchmarks.md`` and
 ``bench/results/quick.json``, ``quick.md`` and ``quick.png`` beside it (not
 the docs: its figures are too rough to publish), unless ``--docs``.
 ``--only get,schedule`` runs some of them: get, manager, scale, rate,
-schedule, learned, sweep, webhooks, redis_budget (in a full run, the others
-are kept from ``latest.json``; redis_budget needs a Redis at ``REDIS_URL``).
+schedule, learned, sweep, webhooks, redis_budget, redis_batch (in a full
+run, the others are kept from ``latest.json``; redis_budget needs a Redis at
+``REDIS_URL``).
 ``--render bench/results/latest.json`` rewrites the page and the plot from
 saved figures, without measuring.
 """
@@ -36,6 +37,7 @@ BENCHMARKS = {
     "sweep": "bench_sweep",
     "webhooks": "bench_webhooks",
     "redis_budget": "bench_redis_budget",
+    "redis_batch": "bench_redis_batch",
 }
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
 DOCS_PLOT = ROOT / "docs" / "_static"

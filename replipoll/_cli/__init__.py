@@ -19,7 +19,7 @@ from rich.logging import RichHandler
 
 from .._errors import ConfigurationError, ReplipollError
 from .._speedups import speedups
-from ._commands import demo, download, fake_server, get, poll
+from ._commands import batch, demo, download, fake_server, get, poll
 from ._common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -60,7 +60,7 @@ def cli(verbose: bool) -> None:
     log.propagate = False
 
 
-for command in (demo, get, poll, run, download, fake_server):
+for command in (demo, get, poll, run, download, fake_server, batch):
     cli.add_command(command)
 
 

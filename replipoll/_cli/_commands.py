@@ -1,13 +1,16 @@
-"""The commands: ``demo``, ``get``, ``poll``, ``download``, ``fake-server``."""
+"""The commands but ``run``: demo, get, poll, download, fake-server, batch."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from .._client import DEFAULT_TIMEOUT
 from .._errors import ConfigurationError, InvalidPredictionIdError
@@ -31,7 +34,9 @@ from ._common import (
 )
 from ._ui import prediction_view
 
-__all__ = ["demo", "download", "fake_server", "get", "poll"]
+__all__ = ["batch", "demo", "download", "fake_server", "get", "poll"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_ids(args: tuple[str, ...], from_file: str | None) -> list[str]:
@@ -156,13 +161,89 @@ def get(
     return EXIT_OK
 
 
+_BATCH_ONLY = ("redis_prefix", "reclaim_after", "prefetch")
+
+
+def redis_batch_options(func: F) -> F:
+    """Add ``--redis``, ``--batch`` and the batch's tuning options to ``poll``."""
+    func = click.option(
+        "--prefetch",
+        default=500,
+        show_default=True,
+        type=click.IntRange(1),
+        metavar="N",
+        help="With --batch: the most ids this worker takes at once (more are "
+        "left to the others).",
+    )(func)
+    func = click.option(
+        "--reclaim-after",
+        default=30.0,
+        show_default=True,
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help="With --batch: take over the ids of a worker silent this long (dead).",
+    )(func)
+    func = click.option(
+        "--redis-prefix",
+        default="replipoll:",
+        show_default=True,
+        metavar="PREFIX",
+        help="With --batch: put before every Redis key of the batch.",
+    )(func)
+    func = click.option(
+        "--batch",
+        "batch_name",
+        metavar="NAME",
+        help="Be one worker of the batch NAME in --redis (see above).",
+    )(func)
+    return click.option(
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        envvar="REPLIPOLL_REDIS_URL",
+        help="The Redis of --batch: redis://[:PASSWORD@]HOST[:PORT][/DB] "
+        "(the password is never shown) [env: REPLIPOLL_REDIS_URL].",
+    )(func)
+
+
+def _batch_wanted(
+    ctx: click.Context, redis_url: str | None, batch_name: str | None
+) -> bool:
+    """Whether ``poll`` runs as a batch worker; a usage error if half asked.
+
+    ``REPLIPOLL_REDIS_URL`` alone does not make a worker: only ``--batch``.
+    """
+    typed = ctx.get_parameter_source("redis_url") is ParameterSource.COMMANDLINE
+    if batch_name is not None:
+        if redis_url is None:
+            raise click.UsageError(
+                "--batch needs --redis URL (or REPLIPOLL_REDIS_URL): the Redis "
+                "that holds the batch"
+            )
+        return True
+    if typed:
+        raise click.UsageError(
+            "--redis needs --batch NAME: the batch this worker shares with the "
+            "others (any name; every worker of it gives the same)"
+        )
+    for option in _BATCH_ONLY:
+        if ctx.get_parameter_source(option) is ParameterSource.COMMANDLINE:
+            flag = "--" + option.replace("_", "-")
+            raise click.UsageError(
+                f"{flag} is for batch workers: add --redis and --batch"
+            )
+    return False
+
+
 @click.command()
 @ids_options
 @click.option(
+    "-o",
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Append one JSON line per finished id to this file; rerun with the "
-    "same file to resume. Default: standard output.",
+    "same file to resume. Default: standard output. With --batch: the ids "
+    "this worker finished.",
 )
 @click.option(
     "--concurrency",
@@ -200,9 +281,12 @@ def get(
     "batches.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No summary line at the end.")
+@redis_batch_options
 @progress_option
 @api_options
+@click.pass_context
 def poll(
+    ctx: click.Context,
     ids: tuple[str, ...],
     from_file: str | None,
     out: Path | None,
@@ -212,6 +296,11 @@ def poll(
     sweep: str,
     list_records: bool,
     quiet: bool,
+    redis_url: str | None,
+    batch_name: str | None,
+    redis_prefix: str,
+    reclaim_after: float,
+    prefetch: int,
     progress: bool | None,
     provider: str,
     base_url: str | None,
@@ -223,7 +312,39 @@ def poll(
     Each finished id is written at once as one JSON line (to --out, else to
     standard output). With --out, a rerun skips ids already finished there,
     and killing the process at any moment loses no finished result.
+
+    With --redis URL --batch NAME, this process is one worker of a batch
+    shared through Redis: start any number, on any hosts, each with the same
+    ids (loaded once) or none (it helps with the ids loaded). Each id's
+    result is written once; a worker that dies has its ids taken over after
+    --reclaim-after seconds. Every worker stays until the whole batch is
+    done; `replipoll batch export` writes all the results.
     """
+    if _batch_wanted(ctx, redis_url, batch_name):
+        from ._redisbatch import poll_batch
+
+        assert redis_url is not None
+        assert batch_name is not None
+        client = make_client(provider, base_url, api_key_env)
+        wanted = read_ids(ids, from_file) if ids or from_file is not None else None
+        return poll_batch(
+            client=client,
+            url=redis_url,
+            name=batch_name,
+            prefix=redis_prefix,
+            reclaim_after=reclaim_after,
+            prefetch=prefetch,
+            ids=wanted,
+            from_file=from_file,
+            out=out,
+            concurrency=concurrency,
+            rate=rate,
+            timeout=timeout or None,
+            sweep={"auto": None, "on": True, "off": False}[sweep],
+            full_records=not list_records,
+            quiet=quiet,
+            show=progress_wanted(progress),
+        )
     from ._ids import STDIN
     from ._poll import BatchRun, print_summary, run_batch
     from ._resultlog import ForeignFileError, ResultLog, same_file
@@ -448,3 +569,72 @@ def fake_server(
             )
         )
     return EXIT_OK
+
+
+def _batch_command(func: F) -> F:
+    """Add the NAME argument, ``--redis`` and ``--redis-prefix``."""
+    func = click.option(
+        "--redis-prefix",
+        default="replipoll:",
+        show_default=True,
+        metavar="PREFIX",
+        help="What the batch's workers were given.",
+    )(func)
+    func = click.option(
+        "--redis",
+        "redis_url",
+        metavar="URL",
+        envvar="REPLIPOLL_REDIS_URL",
+        required=True,
+        help="The Redis that holds the batch (the password is never shown) "
+        "[env: REPLIPOLL_REDIS_URL].",
+    )(func)
+    return click.argument("name", metavar="NAME")(func)
+
+
+@click.group()
+def batch() -> None:
+    """A batch shared by `replipoll poll --redis URL --batch NAME` workers.
+
+    See where it stands (status), write its results out (export), or remove
+    it from Redis (delete).
+    """
+
+
+@batch.command("status")
+@_batch_command
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def batch_status(name: str, redis_url: str, redis_prefix: str, as_json: bool) -> int:
+    """Say how many ids of batch NAME are done, and how they ended."""
+    from ._redisbatch import batch_status as show
+
+    return show(redis_url, name, prefix=redis_prefix, as_json=as_json)
+
+
+@batch.command("export")
+@_batch_command
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append the results to this file (results of ids already in it are "
+    "not written again). Default: standard output.",
+)
+def batch_export(name: str, redis_url: str, redis_prefix: str, out: Path | None) -> int:
+    """Write every result of batch NAME as JSON Lines, each id once.
+
+    The lines are those `replipoll poll --out` writes. A batch still running
+    gives the results so far; export again into the same file to add the rest.
+    """
+    from ._redisbatch import export_batch
+
+    return export_batch(redis_url, name, prefix=redis_prefix, out=out)
+
+
+@batch.command("delete")
+@_batch_command
+def batch_delete(name: str, redis_url: str, redis_prefix: str) -> int:
+    """Delete batch NAME from Redis: its ids, progress and results."""
+    from ._redisbatch import delete_batch
+
+    return delete_batch(redis_url, name, prefix=redis_prefix)

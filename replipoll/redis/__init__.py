@@ -15,7 +15,31 @@ See :doc:`/howto/redis`.
 
 from __future__ import annotations
 
+from ._batch import (
+    BatchKeys,
+    BatchResult,
+    BatchStatus,
+    RedisBatch,
+    RedisBatchError,
+    RedisUnreachableError,
+    UnknownBatchError,
+    WorkerReport,
+    batch_record,
+)
 from ._budget import RedisBudget, RedisUnavailableError
 from ._share import RedisShare
 
-__all__: list[str] = ["RedisBudget", "RedisShare", "RedisUnavailableError"]
+__all__: list[str] = [
+    "BatchKeys",
+    "BatchResult",
+    "BatchStatus",
+    "RedisBatch",
+    "RedisBatchError",
+    "RedisBudget",
+    "RedisShare",
+    "RedisUnavailableError",
+    "RedisUnreachableError",
+    "UnknownBatchError",
+    "WorkerReport",
+    "batch_record",
+]
