@@ -7,6 +7,7 @@ import traceback
 
 import pytest
 import replipoll
+import replipoll.redis
 from replipoll import (
     DecodeError,
     DownloadError,
@@ -133,14 +134,35 @@ SAMPLES: dict[str, BaseException] = {
 }
 
 
-def test_every_public_exception_has_a_sample() -> None:
-    exported = {
+#: The same for replipoll.redis (which shows its errors as replipoll.redis.Name).
+REDIS_SAMPLES: dict[str, BaseException] = {
+    "RedisStoreError": replipoll.redis.RedisStoreError(
+        "no", url="redis://h:6379/0", reason="READONLY"
+    ),
+    "RedisUnavailableError": replipoll.redis.RedisUnavailableError(
+        "down", url="redis://h:6379/0", reason="Connection refused", key="k"
+    ),
+    "RedisBatchError": replipoll.redis.RedisBatchError(
+        "refused", url="redis://h:6379/0", reason="WRONGPASS", batch="nightly"
+    ),
+    "UnknownBatchError": replipoll.redis.UnknownBatchError(
+        "no ids", url="redis://h:6379/0", reason="no ids", batch="nightly"
+    ),
+}
+
+
+def _exceptions(module: object) -> set[str]:
+    return {
         name
-        for name in replipoll.__all__
-        if isinstance(getattr(replipoll, name), type)
-        and issubclass(getattr(replipoll, name), BaseException)
+        for name in module.__all__  # type: ignore[attr-defined]
+        if isinstance(getattr(module, name), type)
+        and issubclass(getattr(module, name), BaseException)
     }
-    assert exported == set(SAMPLES)
+
+
+def test_every_public_exception_has_a_sample() -> None:
+    assert _exceptions(replipoll) == set(SAMPLES)
+    assert _exceptions(replipoll.redis) == set(REDIS_SAMPLES)
 
 
 def _state(error: BaseException) -> dict[str, object]:
@@ -152,18 +174,24 @@ def _state(error: BaseException) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLES))
-def test_every_public_exception_pickles_and_says_where_it_lives(name: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [("replipoll", name) for name in sorted(SAMPLES)]
+    + [("replipoll.redis", name) for name in sorted(REDIS_SAMPLES)],
+)
+def test_every_public_exception_pickles_and_says_where_it_lives(
+    module: str, name: str
+) -> None:
     """A copy keeps its type, args, message and every attribute; its class
     shows as replipoll.Name in tracebacks, not by its private module."""
-    error = SAMPLES[name]
+    error = (SAMPLES if module == "replipoll" else REDIS_SAMPLES)[name]
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error)
     assert copy.args == error.args
     assert str(copy) == str(error)
     assert _state(copy) == _state(error)
-    assert type(error).__module__ == "replipoll"
-    assert f"replipoll.{name}" in "".join(
+    assert type(error).__module__ == module
+    assert f"{module}.{name}" in "".join(
         traceback.format_exception_only(type(error), error)
     )
     assert isinstance(error, replipoll.ReplipollError)

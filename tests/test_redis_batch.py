@@ -34,8 +34,8 @@ from replipoll._cli import main
 from replipoll.redis import (
     BatchResult,
     RedisBatch,
-    RedisBatchError,
-    RedisUnreachableError,
+    RedisStoreError,
+    RedisUnavailableError,
     UnknownBatchError,
     WorkerReport,
     batch_record,
@@ -326,22 +326,22 @@ async def test_an_unreachable_redis_is_a_typed_error_without_the_password() -> N
     url = f"redis://:{PASSWORD}@127.0.0.1:{_closed_port()}/0"
     began = time.monotonic()
     async with RedisBatch.from_url(url, "b") as batch:
-        with pytest.raises(RedisUnreachableError) as caught:
+        with pytest.raises(RedisUnavailableError) as caught:
             await batch.load(["a"])
     assert time.monotonic() - began < 10
-    assert isinstance(caught.value, RedisBatchError)
+    assert isinstance(caught.value, RedisStoreError)
     assert isinstance(caught.value, replipoll.ReplipollError)
     assert PASSWORD not in str(caught.value)
     assert PASSWORD not in caught.value.url
     assert "cannot reach Redis at redis://127.0.0.1:" in str(caught.value)
     again = pickle.loads(pickle.dumps(caught.value))
-    assert type(again) is RedisUnreachableError
-    assert (again.url, again.batch, str(again)) == (
+    assert type(again) is RedisUnavailableError
+    assert (again.url, again.key, str(again)) == (
         caught.value.url,
         "b",
         str(caught.value),
     )
-    assert repr(type(again)) == "<class 'replipoll.redis.RedisUnreachableError'>"
+    assert repr(type(again)) == "<class 'replipoll.redis.RedisUnavailableError'>"
 
 
 def test_options_are_checked() -> None:
@@ -763,3 +763,38 @@ def test_cli_without_the_redis_package_says_how_to_install_it() -> None:
     assert done.returncode == 2
     assert "pip install 'replipoll[redis]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cli_rate_is_shared_by_the_workers_on_one_key(
+    fake: ServerThread, redis_url: str, redis_prefix: str
+) -> None:
+    """Two workers with --rate 10 spend 10 requests a second together, not 20."""
+    ids = fake.add(40)  # finished at once: one GET each
+    where = ["--redis", redis_url, "--redis-prefix", redis_prefix]
+    common = ["--batch", "paced", *where, "--rate", "10", "--base-url", fake.base_url]
+    began = time.monotonic()
+    workers = [
+        subprocess.Popen(
+            [*CLI, "poll", *args, *common],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        for args in (ids, ())
+    ]
+    outputs = [worker.communicate(timeout=60) for worker in workers]
+    took = time.monotonic() - began
+    for worker, (out, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err
+        assert SECRET not in out + err
+    # A burst of 10, then 30 more at 10 a second: 3 s at least (two budgets
+    # of their own would take half that).
+    assert took >= 2.9
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        budgets = [k.decode() for k in connection.scan_iter(f"{redis_prefix}budget:*")]
+    finally:
+        connection.close()
+    assert len(budgets) == 1  # one per key: named by a digest, not the key
+    assert SECRET not in budgets[0]

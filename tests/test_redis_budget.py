@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 import shutil
 import socket
 import subprocess
 import time
-import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -380,17 +378,6 @@ def test_a_sync_redis_or_an_empty_key_is_refused() -> None:
     with pytest.raises(ConfigurationError) as info:
         RedisBudget(Redis(), "", rate=1)
     assert info.value.option == "key"
-
-
-def test_the_unavailable_error_pickles_and_says_where_it_lives() -> None:
-    """What tests/test_errors.py checks of replipoll's own exceptions."""
-    error = RedisUnavailableError("redis://h:6379/0", "k", "Connection refused")
-    copy = pickle.loads(pickle.dumps(error))
-    assert type(copy) is RedisUnavailableError
-    assert (copy.args, vars(copy), str(copy)) == (error.args, vars(error), str(error))
-    assert isinstance(error, replipoll.ReplipollError)
-    shown = "".join(traceback.format_exception_only(type(error), error))
-    assert shown.startswith("replipoll.redis.RedisUnavailableError: Redis at ")
 
 
 # -- Redis unavailable -------------------------------------------------------------

@@ -23,6 +23,7 @@ from ._common import (
     Interrupted,
     api_options,
     ids_options,
+    key_fingerprint,
     make_client,
     progress_option,
     progress_wanted,
@@ -255,7 +256,8 @@ def _batch_wanted(
 @click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
-    help="Most requests per second (retries included).",
+    help="Most requests per second (retries included); with --redis, for all "
+    "the workers on this API key together.",
 )
 @click.option(
     "--timeout",
@@ -329,6 +331,7 @@ def poll(
         wanted = read_ids(ids, from_file) if ids or from_file is not None else None
         return poll_batch(
             client=client,
+            key_id=key_fingerprint(provider, api_key_env),
             url=redis_url,
             name=batch_name,
             prefix=redis_prefix,

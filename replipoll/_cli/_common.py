@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -149,6 +150,16 @@ def make_client(
     # The client reads the key from that variable itself, so what it says
     # about a refused key names the variable to check.
     return Client(attrs.evolve(preset, env_var=name), base_url=base_url, **options)
+
+
+def key_fingerprint(provider: str, api_key_env: str | None) -> str:
+    """A short digest of the API key in use (never the key): names what it shares.
+
+    Call after :func:`make_client` (which refuses a missing key).
+    """
+    name = api_key_env or PROVIDERS[provider.lower()].env_var
+    key = os.environ.get(name, "").strip()
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def progress_wanted(flag: bool | None) -> bool:

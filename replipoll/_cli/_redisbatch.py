@@ -53,7 +53,7 @@ from ._resultlog import ForeignFileError, ResultLog, dumps, record_for, same_fil
 from ._ui import REFRESH, StatusBarColumn, outcome_table, plain
 
 if TYPE_CHECKING:
-    from ..redis import BatchStatus, RedisBatch, WorkerReport
+    from ..redis import BatchStatus, RedisBatch, RedisBudget, WorkerReport
 
 __all__ = ["batch_status", "delete_batch", "export_batch", "open_batch", "poll_batch"]
 
@@ -203,6 +203,7 @@ class WorkerRun:
 def poll_batch(
     *,
     client: Client,
+    key_id: str,
     url: str,
     name: str,
     prefix: str,
@@ -219,14 +220,19 @@ def poll_batch(
     quiet: bool,
     show: bool,
 ) -> int:
-    """Run one worker of the batch to the batch's end; return the exit status."""
+    """Run one worker of the batch to the batch's end; return the exit status.
+
+    ``rate`` is shared, through the batch's Redis, by every worker on the same
+    API key (``key_id``, a digest of it, names the budget).
+    """
     batch = open_batch(
         url, name, prefix=prefix, reclaim_after=reclaim_after, prefetch=prefetch
     )
     log = _open_log(out, from_file) if out is not None else None
     run = WorkerRun(name, log=log, given=len(ids or ()))
     try:
-        run_async(_work(run, batch, client, ids, show, concurrency, rate, timeout,
+        budget = _shared_budget(url, f"{prefix}budget:{key_id}", rate)
+        run_async(_work(run, batch, client, ids, show, concurrency, budget, timeout,
                         sweep, full_records))  # fmt: skip
     except Interrupted as stop:
         say(
@@ -265,6 +271,15 @@ def poll_batch(
     return EXIT_OK if status is not None and status.all_succeeded else EXIT_FAILED
 
 
+def _shared_budget(url: str, key: str, rate: float | None) -> RedisBudget | None:
+    """The key's budget at ``rate``, kept in Redis for every worker; None: no limit."""
+    if rate is None:
+        return None
+    from ..redis import RedisBudget
+
+    return RedisBudget.from_url(url, key, rate=rate, burst=max(1, min(10, int(rate))))
+
+
 async def _work(
     run: WorkerRun,
     batch: RedisBatch,
@@ -272,7 +287,7 @@ async def _work(
     ids: list[str] | None,
     show: bool,
     concurrency: int,
-    rate: float | None,
+    budget: RedisBudget | None,
     timeout: float | None,
     sweep: bool | None,
     full_records: bool,
@@ -306,7 +321,7 @@ async def _work(
         manager = PollManager(
             client,
             max_concurrency=concurrency,
-            rate_limit=rate,
+            budget=budget,
             timeout=timeout,
             sweep=sweep,
             full_records=full_records,
@@ -327,6 +342,8 @@ async def _work(
             stats = manager.stats
             run.requests, run.retries = stats.requests, stats.retries
             run.throttled = stats.throttled
+            if budget is not None:
+                await budget.aclose()
         run.status = await batch.status()
 
 

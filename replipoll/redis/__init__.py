@@ -20,13 +20,16 @@ from ._batch import (
     BatchResult,
     BatchStatus,
     RedisBatch,
-    RedisBatchError,
-    RedisUnreachableError,
-    UnknownBatchError,
     WorkerReport,
     batch_record,
 )
-from ._budget import RedisBudget, RedisUnavailableError
+from ._budget import RedisBudget
+from ._errors import (
+    RedisBatchError,
+    RedisStoreError,
+    RedisUnavailableError,
+    UnknownBatchError,
+)
 from ._share import RedisShare
 
 __all__: list[str] = [
@@ -37,8 +40,8 @@ __all__: list[str] = [
     "RedisBatchError",
     "RedisBudget",
     "RedisShare",
+    "RedisStoreError",
     "RedisUnavailableError",
-    "RedisUnreachableError",
     "UnknownBatchError",
     "WorkerReport",
     "batch_record",

@@ -42,10 +42,11 @@ Times are Redis's own (``TIME``), so the hosts' clocks never matter. What
 goes wrong with Redis is said in the batch's errors (never a password)::
 
     ReplipollError
-    └── RedisBatchError            Redis answered an error or refused the
-        │                          credentials; .url, .batch, .reason
-        ├── RedisUnreachableError  no connection to Redis, or no answer in time
-        └── UnknownBatchError      no ids in the batch, and none being loaded
+    └── RedisStoreError            .url, .reason
+        ├── RedisUnavailableError  no connection to Redis, or no answer in time
+        └── RedisBatchError        Redis answered an error or refused the
+            │                      credentials; .batch
+            └── UnknownBatchError  no ids in the batch, and none being loaded
 """
 
 from __future__ import annotations
@@ -86,21 +87,23 @@ from .._errors import (
     ConfigurationError,
     ManagerClosedError,
     PollTimeout,
-    ReplipollError,
     RequestError,
 )
 from .._manager import PollManager, PollResult
 from .._options import check_at_least, check_positive
 from .._results import Diagnosis
+from ._errors import (
+    RedisBatchError,
+    RedisStoreError,
+    RedisUnavailableError,
+    UnknownBatchError,
+)
 
 __all__ = [
     "BatchKeys",
     "BatchResult",
     "BatchStatus",
     "RedisBatch",
-    "RedisBatchError",
-    "RedisUnreachableError",
-    "UnknownBatchError",
     "WorkerReport",
     "redact_url",
 ]
@@ -257,38 +260,6 @@ return reply
 
 
 # -- errors ------------------------------------------------------------------
-
-
-class RedisBatchError(ReplipollError):
-    """The batch's Redis could not be used: it answered with an error.
-
-    The root of the batch's errors; :class:`RedisUnreachableError` when it
-    could not be reached at all.
-
-    Attributes:
-        url: Where Redis is, without credentials (:func:`redact_url`).
-        batch: The batch's name.
-        reason: What went wrong, in Redis's (or the connection's) words.
-    """
-
-    def __init__(self, message: str, *, url: str, batch: str, reason: str) -> None:
-        super().__init__(message)
-        self.url = url
-        self.batch = batch
-        self.reason = reason
-
-
-class RedisUnreachableError(RedisBatchError):
-    """No connection to the batch's Redis, or no answer in time."""
-
-
-class UnknownBatchError(RedisBatchError):
-    """The batch has no ids, and nobody is loading any (or it was deleted)."""
-
-
-for _error in (RedisBatchError, RedisUnreachableError, UnknownBatchError):
-    _error.__module__ = "replipoll.redis"
-del _error
 
 
 def redact_url(url: str) -> str:
@@ -721,17 +692,21 @@ class RedisBatch:
             if isinstance(exc, redis.exceptions.AuthenticationError) or any(
                 word in reason for word in ("WRONGPASS", "NOAUTH", "NOPERM")
             ):
-                kind: type[RedisBatchError] = RedisBatchError
                 message = f"Redis at {self._url} refused the credentials ({reason})"
             elif isinstance(
                 exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
             ):
-                kind = RedisUnreachableError
-                message = f"cannot reach Redis at {self._url} ({reason})"
+                raise RedisUnavailableError(
+                    f"cannot reach Redis at {self._url} ({reason})",
+                    url=self._url,
+                    reason=reason,
+                    key=self.name,
+                ) from None
             else:
-                kind = RedisBatchError
                 message = f"Redis at {self._url} answered an error ({reason})"
-            raise kind(message, url=self._url, batch=self.name, reason=reason) from None
+            raise RedisBatchError(
+                message, url=self._url, batch=self.name, reason=reason
+            ) from None
 
     async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._scripts[script](keys=list(keys), args=list(args))
@@ -757,7 +732,7 @@ class RedisBatch:
         with the same ids loads the rest.
 
         Raises:
-            RedisBatchError: Redis failed (:class:`RedisUnreachableError`:
+            RedisStoreError: Redis failed (:class:`RedisUnavailableError`:
                 could not be reached).
         """
         k = self.keys
@@ -785,7 +760,7 @@ class RedisBatch:
         """Where the batch stands (one script: a consistent snapshot).
 
         Raises:
-            RedisBatchError: Redis failed.
+            RedisStoreError: Redis failed.
         """
         k = self.keys
         with self._speaking():
@@ -816,7 +791,7 @@ class RedisBatch:
         Each id appears once. Read it while workers run, or after.
 
         Raises:
-            RedisBatchError: Redis failed.
+            RedisStoreError: Redis failed.
         """
         start = "-"
         while True:
@@ -842,7 +817,7 @@ class RedisBatch:
         Workers still running it stop with :class:`UnknownBatchError`.
 
         Raises:
-            RedisBatchError: Redis failed.
+            RedisStoreError: Redis failed.
         """
         with self._speaking():
             return int(await self._redis.delete(*self.keys.all()))
@@ -884,7 +859,7 @@ class RedisBatch:
         Raises:
             UnknownBatchError: The batch has no ids, and nobody is loading
                 any (check its name and prefix, or load ids first).
-            RedisBatchError: Redis failed; the others take this worker's ids
+            RedisStoreError: Redis failed; the others take this worker's ids
                 over after ``reclaim_after``.
         """
         worker = _Worker(self, manager, on_result, record)
@@ -991,7 +966,7 @@ class _Worker:
             self.counts["handed_back"] = 0 if self.complete else len(given)
             if self.complete:  # a tidy group: no dead worker left in it
                 await self._sweep()
-        except (redis.exceptions.RedisError, RedisBatchError) as exc:
+        except (redis.exceptions.RedisError, RedisStoreError) as exc:
             logger.warning(
                 "batch %r: could not hand back this worker's ids (%s); the "
                 "others take them over after %g s",

@@ -32,9 +32,10 @@ from redis.backoff import NoBackoff
 
 import redis as redis_sync
 
-from .._errors import ConfigurationError, ReplipollError
+from .._errors import ConfigurationError
 from .._options import at_least, check_fraction, check_positive, positive
 from .._schedule import RateBudget
+from ._errors import RedisUnavailableError
 
 __all__ = ["RedisBudget", "RedisUnavailableError"]
 
@@ -121,33 +122,17 @@ return redis.error_reply('replipoll budget: unknown operation ' .. tostring(op))
 """
 
 
-class RedisUnavailableError(ReplipollError):
-    """Redis did not answer, so the shared budget could hand out no slot.
-
-    What :meth:`RedisBudget.acquire` raises with ``on_unavailable="fail"``
-    (the default) while Redis is unreachable or too slow; no request was
-    sent. Pass ``on_unavailable="local"`` to go on at a fraction of the rate.
-
-    Attributes:
-        url: Where Redis was expected (``redis://host:port/db``; never a
-            password).
-        key: The budget's key.
-        reason: What failed: the connection error, or the timeout.
-    """
-
-    def __init__(self, url: str, key: str, reason: str) -> None:
-        super().__init__(
-            f"Redis at {url} is unavailable ({reason}): the rate budget shared "
-            f"at key {key!r} hands out no slot; start Redis, or pass "
-            "on_unavailable='local' to go on with a local budget at a "
-            "fraction of the rate"
-        )
-        self.url = url
-        self.key = key
-        self.reason = reason
-
-
-RedisUnavailableError.__module__ = "replipoll.redis"
+def _unavailable(url: str, key: str, reason: str) -> RedisUnavailableError:
+    """The error of a budget whose Redis does not answer."""
+    return RedisUnavailableError(
+        f"Redis at {url} is unavailable ({reason}): the rate budget shared "
+        f"at key {key!r} hands out no slot; start Redis, or pass "
+        "on_unavailable='local' to go on with a local budget at a "
+        "fraction of the rate",
+        url=url,
+        reason=reason,
+        key=key,
+    )
 
 
 def _where(connection: object) -> str:
@@ -570,7 +555,7 @@ class RedisBudget:
         while queue:
             waiter = queue.popleft()
             if not waiter.done():
-                copy = RedisUnavailableError(error.url, error.key, error.reason)
+                copy = _unavailable(error.url, error.key, error.reason)
                 copy.__cause__ = error.__cause__
                 waiter.set_exception(copy)
 
@@ -650,7 +635,7 @@ class RedisBudget:
                 then,
             )
         if not local:
-            raise RedisUnavailableError(where, self.key, reason) from exc
+            raise _unavailable(where, self.key, reason) from exc
         if self._fallback is None:
             rate = self.rate
             fallback = RateBudget(
