@@ -248,7 +248,7 @@ def run(
     began = time.perf_counter()
     results = [
         one_round(n, workers, reclaim, seed, url)
-        for seed in range(1, (rounds or 1) + 1)
+        for seed in range(1, (rounds or (1 if quick else 3)) + 1)
     ]
     return {
         "rounds": results,

@@ -1984,7 +1984,8 @@ lowest and highest round in brackets.
             )
         ]
         added_cpu = [
-            x - y for x, y in zip(of("redis", "cpu_us"), of("local", "cpu_us"), strict=True)
+            x - y
+            for x, y in zip(of("redis", "cpu_us"), of("local", "cpu_us"), strict=True)
         ]
         added_wall = [
             x - y
@@ -2009,3 +2010,72 @@ asks Redis, so the cost is per request sent, not per waiter; where it
 matters, it buys a limit that four processes cannot spend four times.
 """
     return text
+
+
+def _redis_batch_targets(b: dict[str, Any]) -> list[list[str]]:
+    rounds = b["rounds"]
+    first = rounds[0]
+    lost = [r["lost"] for r in rounds]
+    duplicated = [r["duplicated"] for r in rounds]
+    reclaim = [r["reclaim_seconds"] for r in rounds if r["reclaim_seconds"]]
+    bound = first["reclaim_after"] * 1.25 + 1
+    return [
+        [
+            f"a {first['ids']:,}-id batch across {first['workers']} workers, one "
+            "killed with `kill -9`: 0 lost, 0 duplicated",
+            f"lost {_span_of(lost, '', 0)}, duplicated {_span_of(duplicated, '', 0)}",
+            _yes(max(lost) == 0 and max(duplicated) == 0),
+        ],
+        [
+            f"… the dead worker's ids taken over within `reclaim_after` "
+            f"({first['reclaim_after']:g} s) and a quarter",
+            _span_of(reclaim, " s", 1) if reclaim else "never",
+            _yes(len(reclaim) == len(rounds) and max(reclaim) <= bound),
+        ],
+    ]
+
+
+def _redis_batch(b: dict[str, Any]) -> str:
+    rounds = b["rounds"]
+    first = rounds[0]
+
+    def span(key: str, unit: str = "", digits: int = 1) -> str:
+        return _span_of([r[key] for r in rounds if r[key] is not None], unit, digits)
+
+    rows = [
+        ["ids with no result (lost)", span("lost", "", 0), "0"],
+        ["ids with more than one result (duplicated)", span("duplicated", "", 0), "0"],
+        ["ids the killed worker held", span("killed_held", "", 0), ""],
+        [
+            "from the kill to all of them taken over",
+            span("reclaim_seconds", " s"),
+            f"≤ {first['reclaim_after'] * 1.25:g} s",
+        ],
+        ["the whole batch", span("total_seconds", " s"), ""],
+        ["ids a second", span("ids_per_second", "", 0), ""],
+        ["requests per id", span("requests_per_id", "", 3), ""],
+    ]
+    return f"""### A batch across workers, one killed
+
+{first["ids"]:,} ids on the benchmarks' fake server (each prediction finishes
+1 to 2 s after the server starts, so the figures are the batch's own
+overhead, not a poll schedule's), {first["workers"]} worker processes of
+`replipoll poll --redis URL --batch NAME --from ids.txt`, each given the
+whole file (the load is shared too: the union is loaded once), on a
+`redis-server` of the round's own. When half the batch is done, one worker
+is killed with `SIGKILL` while it holds ids; the others take them over after
+`--reclaim-after` ({first["reclaim_after"]:g} s, the default) and exit once
+the batch is done. The results stream is then read back raw (not through
+`replipoll batch export`, which would hide a duplicate). {len(rounds)}
+rounds; medians, with the lowest and highest round in brackets.
+
+{_table(["figure", "measured", "target"], rows)}
+
+Results are written once each by a Lua script that adds the id to the
+batch's done set, appends the result and acknowledges the entry in one step,
+so a worker killed between any two of its steps leaves either all or none
+of them; its pending entries stay in the consumer group until a survivor
+claims them (`XAUTOCLAIM`). The take-over time is the setting, not a cost:
+a shorter `--reclaim-after` takes over sooner, at the price of more
+heartbeats (each worker touches its pending entries every quarter of it).
+"""

@@ -24,7 +24,7 @@ __all__ = ["Budget", "Share", "ShareHooks"]
 class Budget(Protocol):
     """A request budget: what :class:`~replipoll.RateBudget` offers a client.
 
-    Times are :func:`time.monotonic` seconds of this process: a budget kept
+    Times are ``time.monotonic()`` seconds of this process: a budget kept
     elsewhere converts them (a pause is a duration from now).
     """
 

@@ -380,7 +380,7 @@ class BatchStatus:
 
     @property
     def interrupted_loads(self) -> int:
-        """Loads that stopped halfway (their worker died): ids may be missing.
+        """How many loads stopped halfway (their worker died), leaving ids out.
 
         Run a worker with the same ids again to finish loading them.
         """
