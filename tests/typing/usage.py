@@ -215,3 +215,43 @@ async def a_test() -> None:
         assert_type(chaos.permanent, frozenset[str])
         outcome: str = chaos.expected[chaos.batch[0]]
         assert outcome in ChaosBatch.OUTCOMES
+
+
+async def across_processes(client: Client, ids: list[str]) -> int:
+    """The redis extra: a shared budget, a share, a batch."""
+    from replipoll import Share
+    from replipoll.redis import (
+        BatchResult,
+        BatchStatus,
+        RedisBatch,
+        RedisBudget,
+        RedisShare,
+        RedisStoreError,
+        RedisUnavailableError,
+        WorkerReport,
+    )
+
+    url = "redis://127.0.0.1:6379/0"
+    async with (
+        RedisBudget.from_url(url, "replipoll:budget", rate=10.0, burst=2) as budget,
+        RedisShare.from_url(url, prefix="app:", lease_ttl=5.0) as share,
+        RedisBatch.from_url(url, "nightly", reclaim_after=10.0) as work,
+    ):
+        shared: Budget = budget
+        peers: Share = share
+        manager = PollManager(client, budget=shared, share=peers)
+        try:
+            assert_type(await budget.acquire(), float)
+            assert_type(await work.load(ids), int)
+            assert_type(await work.status(), BatchStatus)
+            async with manager:
+                assert_type(await work.work(manager), WorkerReport)
+            async for result in work.results():
+                assert_type(result, BatchResult)
+        except RedisUnavailableError as exc:
+            assert_type(exc.key, str)
+            return 1
+        except RedisStoreError as exc:
+            assert_type(exc.url, str)
+            return 2
+    return 0
