@@ -177,6 +177,14 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def span(values: Sequence[float], unit: str = "", digits: int = 2) -> str:
+    """Median and spread of a figure's rounds, e.g. ``1.02 (1.01-1.04)``."""
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.{digits}f}{unit}"
+    return f"{med:.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def machine() -> dict[str, Any]:
     """What ran the benchmarks: CPU, cores, load, Python and library versions."""
     model = platform.processor() or platform.machine()

@@ -36,7 +36,6 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ from replipoll.redis import BatchKeys
 from replipoll.redis._batch import GROUP
 
 import redis
-from _common import API_KEY, fake_server
+from _common import API_KEY, fake_server, span
 
 NAME = "bench"
 #: When the first worker is killed: this share of the batch done.
@@ -257,11 +256,8 @@ def run(
     }
 
 
-def _span(values: list[float], unit: str = "", digits: int = 1) -> str:
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}{unit}"
-    return f"{med:.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+def _span1(values: list[float], unit: str = "", digits: int = 1) -> str:
+    return span(values, unit, digits)
 
 
 def report(result: dict[str, Any]) -> None:
@@ -291,10 +287,10 @@ def report(result: dict[str, Any]) -> None:
     reclaims = [r["reclaim_seconds"] for r in rounds if r["reclaim_seconds"]]
     print(
         f"  lost {lost} (target {LOST_TARGET}), duplicated {duplicated} (target "
-        f"{DUPLICATED_TARGET}); reclaim {_span(reclaims, ' s')} after the kill "
+        f"{DUPLICATED_TARGET}); reclaim {_span1(reclaims, ' s')} after the kill "
         f"(bound: reclaim_after + a quarter of it); total "
-        f"{_span([r['total_seconds'] for r in rounds], ' s')}; requests per id "
-        f"{_span([r['requests_per_id'] for r in rounds], '', 3)}"
+        f"{_span1([r['total_seconds'] for r in rounds], ' s')}; requests per id "
+        f"{_span1([r['requests_per_id'] for r in rounds], '', 3)}"
     )
 
 

@@ -36,7 +36,6 @@ import contextlib
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -52,6 +51,7 @@ from _common import (
     fake_server,
     ids_file,
     run_child,
+    span,
 )
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -305,14 +305,6 @@ def run(
     }
 
 
-def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
-    """Median and spread of a figure's rounds, e.g. ``1.02 (1.01-1.04)``."""
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}{unit}"
-    return f"{med:.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-
-
 def report(result: dict[str, Any]) -> None:
     """Print the figures and the targets."""
     rate, burst = result["rate"], result["burst"]
@@ -333,20 +325,20 @@ def _report_shared(result: dict[str, Any]) -> None:
     windows = [r["max_1s_window"] for r in shared]
     sent = [r["max_1s_window_sent"] for r in shared]
     print(
-        f"  most requests in any 1-s window: {_span(windows, '', 0)} as they "
-        f"arrived, {_span(sent, '', 0)} as they were sent "
+        f"  most requests in any 1-s window: {span(windows, '', 0)} as they "
+        f"arrived, {span(sent, '', 0)} as they were sent "
         f"(limit R + burst = {rate + burst:g})"
     )
     ratio = [r["achieved_ratio"] * 100 for r in shared]
-    print(f"  achieved rate: {_span(ratio, ' %', 1)} of R (target >= 95 %)")
+    print(f"  achieved rate: {span(ratio, ' %', 1)} of R (target >= 95 %)")
     during = [r["during_pause"] for r in shared]
     flight = [r["in_flight_at_429"] for r in shared]
     first = [r["first_after_pause"] for r in shared]
     print(
         f"  after a 429 with Retry-After {result['retry_after']:g}: requests during "
-        f"the pause {_span(during, '', 0)} (target 0), already in flight "
-        f"(within {IN_FLIGHT * 1000:.0f} ms) {_span(flight, '', 0)}; the first "
-        f"after it came {_span(first, ' s', 3)} after the 429"
+        f"the pause {span(during, '', 0)} (target 0), already in flight "
+        f"(within {IN_FLIGHT * 1000:.0f} ms) {span(flight, '', 0)}; the first "
+        f"after it came {span(first, ' s', 3)} after the 429"
     )
 
 
@@ -357,8 +349,8 @@ def _report_cost(result: dict[str, Any]) -> None:
         rows = cost[variant]
         print(
             f"    {LABELS[variant]:<32} CPU "
-            f"{_span([r['cpu_us'] for r in rows], ' us', 0)}, latency "
-            f"{_span([r['latency_us'] for r in rows], ' us', 0)}"
+            f"{span([r['cpu_us'] for r in rows], ' us', 0)}, latency "
+            f"{span([r['latency_us'] for r in rows], ' us', 0)}"
         )
 
     def ratio_of(a: str, b: str, figure: str) -> list[float]:
@@ -372,16 +364,16 @@ def _report_cost(result: dict[str, Any]) -> None:
 
     cpu_ratio = ratio_of("redis", "local", "cpu_us")
     print(
-        f"    RedisBudget / local: CPU {_span(cpu_ratio, 'x')}"
-        f", latency {_span(ratio_of('redis', 'local', 'latency_us'), 'x')}; adds "
-        f"{_span(added('cpu_us'), ' us', 0)} CPU, "
-        f"{_span(added('latency_us'), ' us', 0)} latency"
+        f"    RedisBudget / local: CPU {span(cpu_ratio, 'x')}"
+        f", latency {span(ratio_of('redis', 'local', 'latency_us'), 'x')}; adds "
+        f"{span(added('cpu_us'), ' us', 0)} CPU, "
+        f"{span(added('latency_us'), ' us', 0)} latency"
     )
     print(
-        f"    over the floor: local {_span(ratio_of('local', 'floor', 'cpu_us'), 'x')}"
-        f" CPU, {_span(ratio_of('local', 'floor', 'latency_us'), 'x')} latency; "
-        f"RedisBudget {_span(ratio_of('redis', 'floor', 'cpu_us'), 'x')} CPU, "
-        f"{_span(ratio_of('redis', 'floor', 'latency_us'), 'x')} latency"
+        f"    over the floor: local {span(ratio_of('local', 'floor', 'cpu_us'), 'x')}"
+        f" CPU, {span(ratio_of('local', 'floor', 'latency_us'), 'x')} latency; "
+        f"RedisBudget {span(ratio_of('redis', 'floor', 'cpu_us'), 'x')} CPU, "
+        f"{span(ratio_of('redis', 'floor', 'latency_us'), 'x')} latency"
     )
 
 

@@ -53,7 +53,7 @@ from replipoll import (
 )
 from replipoll.testing import FakeReplicate
 
-from _common import BENCH
+from _common import BENCH, span
 
 WEBHOOKS = "webhooks"
 LOSSY = "webhooks, 10% lost"
@@ -190,14 +190,6 @@ def _child(name: str, n: int, seed: int) -> None:
     print(json.dumps(asyncio.run(scenario(name, n, seed))))
 
 
-def _span(values: list[float], unit: str = "", digits: int = 2) -> str:
-    """Median and spread of a figure's rounds, e.g. ``1.02 (1.01-1.04)``."""
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}{unit}"
-    return f"{med:.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-
-
 def run(*, quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
     """Every scenario of ``rounds`` rounds, each in a child process, in turn."""
     n = 200 if quick else 1000
@@ -252,27 +244,27 @@ def report(result: dict[str, Any]) -> None:
     )
     for name in SCENARIOS:
         print(
-            f"  {name:<32} {_span(figure(result, name, 'requests_per_prediction'))}"
+            f"  {name:<32} {span(figure(result, name, 'requests_per_prediction'))}"
             f" req/prediction, delay mean "
-            f"{_span(figure(result, name, 'mean_delay'), ' s', 3)}, "
-            f"p95 {_span(figure(result, name, 'p95_delay'), ' s', 3)}, "
-            f"max {_span(figure(result, name, 'max_delay'), ' s', 2)}"
+            f"{span(figure(result, name, 'mean_delay'), ' s', 3)}, "
+            f"p95 {span(figure(result, name, 'p95_delay'), ' s', 3)}, "
+            f"max {span(figure(result, name, 'max_delay'), ' s', 2)}"
         )
     latency = figure(result, WEBHOOKS, "mean_webhook_latency")
     overhead = figure(result, WEBHOOKS, "overhead")
     requests = figure(result, WEBHOOKS, "requests_per_prediction")
     print(
-        f"  with webhooks: latency {_span(latency, ' s', 3)}, replipoll adds "
-        f"{_span([o * 1000 for o in overhead], ' ms', 1)} "
+        f"  with webhooks: latency {span(latency, ' s', 3)}, replipoll adds "
+        f"{span([o * 1000 for o in overhead], ' ms', 1)} "
         f"(target <= {OVERHEAD_TARGET * 1000:.0f} ms); "
-        f"{_span(requests, '', 3)} req/prediction (target <= {REQUESTS_TARGET})"
+        f"{span(requests, '', 3)} req/prediction (target <= {REQUESTS_TARGET})"
     )
     lost = figure(result, LOSSY, "lost_found")
     worst = [d for d in figure(result, LOSSY, "max_lost_delay") if d is not None]
     resolved = all(r["n"] == result["n"] for r in result["scenarios"][LOSSY])
     print(
-        f"  10% lost: all resolved: {resolved}; {_span(lost, '', 0)} found by "
-        f"safety polls, worst delay {_span(worst, ' s', 1)} (bound: "
+        f"  10% lost: all resolved: {resolved}; {span(lost, '', 0)} found by "
+        f"safety polls, worst delay {span(worst, ' s', 1)} (bound: "
         f"{SAFETY_INTERVAL:g} s after the end, or {WEBHOOK_GRACE:g} s after "
         "the expected finish)"
     )
@@ -280,9 +272,9 @@ def report(result: dict[str, Any]) -> None:
     polling = figure(result, POLLING, "requests_per_prediction")
     print(
         f"  requests, webhooks / polling: "
-        f"{_span([a / b for a, b in zip(requests, polling, strict=True)], 'x', 3)}, "
+        f"{span([a / b for a, b in zip(requests, polling, strict=True)], 'x', 3)}, "
         f"webhooks / fixed 0.5 s: "
-        f"{_span([a / b for a, b in zip(requests, fixed, strict=True)], 'x', 3)}"
+        f"{span([a / b for a, b in zip(requests, fixed, strict=True)], 'x', 3)}"
     )
 
 

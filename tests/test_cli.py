@@ -7,7 +7,6 @@ process, talks to it over loopback.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -16,12 +15,11 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from replipoll import ConfigurationError
@@ -29,7 +27,7 @@ from replipoll._cli import main
 from replipoll._cli._resultlog import read_log
 from replipoll.testing import FakeReplicate, Fault
 
-T = TypeVar("T")
+from tests.server_thread import ServerThread
 
 #: The key the CLI gets from the environment; it must never be printed.
 SECRET = "r8_CliSecret-never-print-4b1d"
@@ -38,44 +36,6 @@ CLI = [
     "-c",
     "import sys; from replipoll._cli import main; sys.exit(main())",
 ]
-
-
-class ServerThread:
-    """A FakeReplicate served from a background thread's event loop."""
-
-    def __init__(self, server: FakeReplicate) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``func`` on the server's loop (the only thread touching it)."""
-
-        async def run() -> T:
-            return func(*args, **kwargs)
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    @property
-    def base_url(self) -> str:
-        return self.server.base_url()
-
-    def add(self, n: int, **kwargs: Any) -> list[str]:
-        return self.call(self.server.add_predictions, n, **kwargs)
-
-    def requests_for(self, pid: str) -> int:
-        return self.call(lambda: self.server.stats.requests_per_id[pid])
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import replipoll
@@ -44,8 +43,7 @@ from replipoll.redis._batch import GROUP, _end, redact_url
 from replipoll.testing import FakeReplicate
 
 import redis
-
-T = TypeVar("T")
+from tests.server_thread import ServerThread
 
 #: The API key the CLI gets from the environment; never printed.
 SECRET = "r8_BatchSecret-never-print-9c2e"
@@ -411,39 +409,6 @@ async def test_a_task_that_loses_a_cancellation_is_still_stopped() -> None:
 
 
 # -- the command line --------------------------------------------------------------
-
-
-class ServerThread:
-    """A FakeReplicate served from a background thread's event loop."""
-
-    def __init__(self, server: FakeReplicate) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        async def run() -> T:
-            return func(*args, **kwargs)
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    @property
-    def base_url(self) -> str:
-        return self.server.base_url()
-
-    def add(self, n: int, **kwargs: Any) -> list[str]:
-        return self.call(self.server.add_predictions, n, **kwargs)
 
 
 @pytest.fixture(scope="module")
