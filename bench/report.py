@@ -2072,10 +2072,10 @@ rounds; medians, with the lowest and highest round in brackets.
 {_table(["figure", "measured", "target"], rows)}
 
 Results are written once each by a Lua script that adds the id to the
-batch's done set, appends the result and acknowledges the entry in one step,
-so a worker killed between any two of its steps leaves either all or none
-of them; its pending entries stay in the consumer group until a survivor
-claims them (`XAUTOCLAIM`). The take-over time is the setting, not a cost:
+batch's done set, appends the result and acknowledges the entry in one
+atomic step: a worker killed at any moment has done all three for an id, or
+none. The entries it held stay pending in the consumer group until a
+survivor claims them (`XAUTOCLAIM`). The take-over time is the setting, not a cost:
 a shorter `--reclaim-after` takes over sooner, at the price of more
 heartbeats (each worker touches its pending entries every quarter of it).
 """
