@@ -39,7 +39,9 @@ from replipoll.redis import (
     WorkerReport,
     batch_record,
 )
-from replipoll.redis._batch import GROUP, _end, redact_url
+from replipoll.redis._batch_scripts import GROUP
+from replipoll.redis._connection import redact_url
+from replipoll.redis._worker import end_tasks
 from replipoll.testing import FakeReplicate
 
 import redis
@@ -404,7 +406,7 @@ async def test_a_task_that_loses_a_cancellation_is_still_stopped() -> None:
     task = asyncio.create_task(stubborn())
     await asyncio.sleep(0)
     async with asyncio.timeout(5):
-        await _end([task])
+        await end_tasks([task])
     assert task.cancelled()
 
 

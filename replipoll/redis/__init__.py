@@ -15,11 +15,11 @@ See :doc:`/howto/redis`.
 
 from __future__ import annotations
 
-from ._batch import (
+from ._batch import RedisBatch
+from ._batch_values import (
     BatchKeys,
     BatchResult,
     BatchStatus,
-    RedisBatch,
     WorkerReport,
     batch_record,
 )

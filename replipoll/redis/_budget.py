@@ -35,6 +35,7 @@ import redis as redis_sync
 from .._errors import ConfigurationError
 from .._options import at_least, check_fraction, check_positive, positive
 from .._schedule import RateBudget
+from ._connection import scrub, where
 from ._errors import RedisUnavailableError
 
 __all__ = ["RedisBudget", "RedisUnavailableError"]
@@ -133,16 +134,6 @@ def _unavailable(url: str, key: str, reason: str) -> RedisUnavailableError:
         reason=reason,
         key=key,
     )
-
-
-def _where(connection: object) -> str:
-    """Redis's address as a URL without credentials, for messages."""
-    pool = getattr(connection, "connection_pool", None)
-    options: dict[str, Any] = getattr(pool, "connection_kwargs", None) or {}
-    if "path" in options:
-        return f"unix://{options['path']}?db={options.get('db', 0)}"
-    host, port = options.get("host", "localhost"), options.get("port", 6379)
-    return f"redis://{host}:{port}/{options.get('db', 0)}"
 
 
 def _check_redis(instance: object, attribute: Any, value: Any) -> None:
@@ -613,10 +604,10 @@ class RedisBudget:
         return taken, wait_us, pause_us
 
     def _unavailable(self, exc: BaseException) -> None:
-        reason = str(exc) or type(exc).__name__
+        reason = scrub(str(exc) or type(exc).__name__, self._redis)
         if isinstance(exc, TimeoutError) and not str(exc):
             reason = f"no answer within {self.timeout:g} s"
-        where = _where(self._redis)
+        address = where(self._redis)
         local = self.on_unavailable == "local"
         if self._outage_since is None:
             self._outage_since = time.monotonic()
@@ -629,13 +620,13 @@ class RedisBudget:
             )
             logger.error(
                 "Redis at %s is unavailable (%s): the rate budget %r is not shared; %s",
-                where,
+                address,
                 reason,
                 self.key,
                 then,
             )
         if not local:
-            raise _unavailable(where, self.key, reason) from exc
+            raise _unavailable(address, self.key, reason) from exc
         if self._fallback is None:
             rate = self.rate
             fallback = RateBudget(
@@ -651,7 +642,7 @@ class RedisBudget:
         logger.warning(
             "Redis at %s answers again after %.1f s: the rate budget %r is shared "
             "again",
-            _where(self._redis),
+            where(self._redis),
             time.monotonic() - self._outage_since,
             self.key,
         )

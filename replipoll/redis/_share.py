@@ -48,6 +48,7 @@ from .._errors import ConfigurationError
 from .._models import Prediction
 from .._options import check_positive
 from .._share import ShareHooks
+from ._connection import scrub, where
 
 __all__ = ["RedisShare"]
 
@@ -272,14 +273,7 @@ class RedisShare:
         self._lease_ms = max(1, round(self.lease_ttl * 1000))
         self._result_ms = max(1, round(self.result_ttl * 1000))
         self._probe_every = min(1.0, self.lease_ttl / 4)
-        kwargs = redis.connection_pool.connection_kwargs
-        self._where = (
-            f"unix:{kwargs['path']}"
-            if kwargs.get("path")
-            else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
-            f"/{kwargs.get('db', 0)}"
-        )
-        self._password: str | None = kwargs.get("password") or None
+        self._where = where(redis)
         self._name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._sessions = itertools.count(1)
         self._session: _Session | None = None
@@ -813,9 +807,7 @@ class RedisShare:
     def _say(self, exc: BaseException) -> str:
         """The error, without the password."""
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text
+        return scrub(text, self.redis)
 
 
 def _check_seconds(owner: str, option: str, value: object, *, least: float) -> None:
