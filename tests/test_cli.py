@@ -11,7 +11,6 @@ import io
 import json
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from replipoll._cli._resultlog import read_log
 from replipoll.testing import FakeReplicate, Fault
 
 from tests.server_thread import ServerThread
+from tests.terminal import read_terminal
 
 #: The key the CLI gets from the environment; it must never be printed.
 SECRET = "r8_CliSecret-never-print-4b1d"
@@ -461,21 +461,8 @@ def run_on_terminal(*args: str, stream: str = "stderr") -> tuple[int, str]:
         env=env(COLUMNS="100", TERM="xterm-256color"),
     )
     os.close(terminal)
-    chunks = []
-    while True:
-        ready, _, _ = select.select([controller], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(controller, 65536)
-            except OSError:  # the terminal closed: the process is gone
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(controller)
-    return proc.wait(10), b"".join(chunks).decode("utf-8", "replace")
+    screen = read_terminal(controller, proc)
+    return proc.wait(10), screen
 
 
 def test_progress_bar_on_a_terminal(fake: ServerThread) -> None:

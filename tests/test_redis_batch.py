@@ -14,7 +14,6 @@ import json
 import os
 import pickle
 import pty
-import select
 import signal
 import socket
 import subprocess
@@ -46,6 +45,7 @@ from replipoll.testing import FakeReplicate
 
 import redis
 from tests.server_thread import ServerThread
+from tests.terminal import read_terminal
 
 #: The API key the CLI gets from the environment; never printed.
 SECRET = "r8_BatchSecret-never-print-9c2e"
@@ -583,24 +583,8 @@ def on_terminal(*args: str) -> tuple[int, str]:
         env={**env(), "COLUMNS": "100", "TERM": "xterm-256color"},
     )
     os.close(terminal)
-    chunks = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([controller], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(controller, 65536)
-            except OSError:  # the terminal closed: the process is gone
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(controller)
-    if proc.poll() is None:
-        proc.kill()
-    return proc.wait(10), b"".join(chunks).decode("utf-8", "replace")
+    screen = read_terminal(controller, proc, timeout=30)
+    return proc.wait(10), screen
 
 
 def test_cli_progress_bar_counts_the_whole_batch_and_ends(
