@@ -283,7 +283,9 @@ def test_poll_sweeps_the_list_and_can_keep_its_items(
 ) -> None:
     """--sweep on --list-records: pages of the list report the ids; a finished
     id's line holds its list item (no logs); the summary counts the sweeps."""
-    ids = fake.add(30, duration=0.5)
+    # Still running when the command starts (it takes a second): a sweep, not
+    # the first GETs, sees them finish.
+    ids = fake.add(30, duration=4.0)
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("\n".join(ids))
     done = run(
