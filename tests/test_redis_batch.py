@@ -40,7 +40,7 @@ from replipoll.redis import (
 )
 from replipoll.redis._batch_scripts import GROUP
 from replipoll.redis._connection import redact_url
-from replipoll.redis._worker import end_tasks
+from replipoll.redis._tasks import end_tasks
 from replipoll.testing import FakeReplicate
 
 import redis
@@ -726,13 +726,13 @@ def test_cli_rate_is_shared_by_the_workers_on_one_key(
     began = time.monotonic()
     workers = [
         subprocess.Popen(
-            [*CLI, "poll", *args, *common],
+            [*CLI, "poll", *ids, *common],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env(),
         )
-        for args in (ids, ())
+        for _ in range(2)  # each given the ids: loaded once, whoever starts first
     ]
     outputs = [worker.communicate(timeout=60) for worker in workers]
     took = time.monotonic() - began

@@ -393,7 +393,7 @@ async def _with_progress(
 
     with progress:
         # Stopped, not cancelled: on Python 3.11 redis-py may lose a
-        # cancellation (see replipoll.redis._worker.end_tasks).
+        # cancellation (see replipoll.redis._tasks.end_tasks).
         ticker = asyncio.create_task(tick())
         try:
             report: WorkerReport = await work

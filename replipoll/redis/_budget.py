@@ -37,6 +37,7 @@ from .._options import at_least, check_fraction, check_positive, positive
 from .._schedule import RateBudget
 from ._connection import scrub, where
 from ._errors import RedisUnavailableError
+from ._tasks import end_tasks
 
 __all__ = ["RedisBudget", "RedisUnavailableError"]
 
@@ -476,13 +477,10 @@ class RedisBudget:
         """
         self._closed = True
         if self._prober is not None:
-            self._prober.cancel()
-        tasks = [task for task in (self._writer, self._prober) if task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.timeout)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await end_tasks([self._prober])
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=self.timeout)
+            await end_tasks([self._writer])
         if self._owns_redis:
             await self._redis.aclose()
 

@@ -49,6 +49,7 @@ from .._models import Prediction
 from .._options import check_positive
 from .._share import ShareHooks
 from ._connection import scrub, where
+from ._tasks import end_tasks
 
 __all__ = ["RedisShare"]
 
@@ -681,8 +682,8 @@ class RedisShare:
     async def _stop(self, session: _Session) -> None:
         session.ready.set()  # a worker still waiting for the listener goes on
         worker, listener = session.tasks
-        listener.cancel()
-        await asyncio.gather(worker, listener, return_exceptions=True)
+        await end_tasks([listener])  # (a cancellation lost in redis-py: again)
+        await asyncio.gather(worker, return_exceptions=True)
 
     # -- the listener ----------------------------------------------------------
 

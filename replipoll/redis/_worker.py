@@ -14,13 +14,13 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import redis.exceptions
 
-from .._errors import BatchStoppedError, ManagerClosedError
+from .._errors import BatchStoppedError, ManagerClosedError, RequestError
 from .._manager import PollManager, PollResult
 from .._results import Diagnosis
 from ._batch_scripts import CHUNK, GROUP, HAND_BACK_MS, READ_COUNT
@@ -32,31 +32,14 @@ from ._batch_values import (
     text,
 )
 from ._errors import RedisStoreError, UnknownBatchError
+from ._tasks import end_tasks
 
 if TYPE_CHECKING:
     from ._batch import RedisBatch
 
-__all__ = ["Worker", "end_tasks"]
+__all__ = ["Worker"]
 
 logger = logging.getLogger("replipoll.redis")
-
-
-async def end_tasks(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait for their end, cancelling again any that go on.
-
-    On Python 3.11 a cancellation can be lost in ``asyncio.wait_for`` (which
-    redis-py uses) when the awaited call ends at the same moment: a task
-    cancelled in a Redis call may carry on as if nothing happened.
-    """
-    every = list(tasks)
-    pending = {task for task in every if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-    for task in every:
-        if not task.cancelled():
-            task.exception()  # retrieved: the worker reports what matters
 
 
 @attrs.define(eq=False)
@@ -75,6 +58,9 @@ class Worker:
     taking: set[str] = attrs.Factory(set)
     #: Entries pending here but not held at the last renewal (see _renew).
     strays: set[str] = attrs.Factory(set)
+    #: Ids that failed while the manager was still judging whether the whole
+    #: batch fails for one reason (see _held_back): not written yet.
+    deferred: list[tuple[str, PollResult]] = attrs.Factory(list)
     room: asyncio.Event = attrs.Factory(asyncio.Event)
     stop: asyncio.Event = attrs.Factory(asyncio.Event)
     complete: bool = False
@@ -281,13 +267,43 @@ class Worker:
         self.held.pop(entry, None)
         self.tasks.pop(entry, None)
 
+    def _held_back(
+        self, chunk: list[tuple[str, PollResult]]
+    ) -> tuple[list[tuple[str, PollResult]], bool]:
+        """Split off what of ``chunk`` (and of the ids held back) to write now.
+
+        With ``stop_on_systemic``, a request that failed before the manager
+        judged the batch (a refused key: the first few ids fail one by one,
+        then the batch stops) is no result of its id: its error is held back
+        until the judgement. If the batch is stopped, those ids are handed
+        back with the rest; once a record arrives (the batch works), they
+        are written. Nothing waits for ever: with nothing else in flight
+        here, they are written as they are. Returns what to write, and
+        whether the batch stopped.
+        """
+        manager = self.manager
+        if not manager.stop_on_systemic:
+            return chunk, False
+        if manager.diagnosis is not None:
+            self.deferred.clear()  # handed back with every id held
+            return [], True
+        if manager._judging:  # (no record yet, no diagnosis)
+            now = [(e, r) for e, r in chunk if not isinstance(r.error, RequestError)]
+            self.deferred += [
+                (e, r) for e, r in chunk if isinstance(r.error, RequestError)
+            ]
+            if len(self.deferred) < len(self.held) - len(now):
+                return now, False
+        now, self.deferred = [*self.deferred, *chunk], []
+        return now, False
+
     async def _write(self, chunk: list[tuple[str, PollResult]]) -> None:
         """Write the results of finished ids (once each), acknowledge them."""
         b = self.batch
         k = b.keys
         args: list[str] = [GROUP, b.worker]
         written: list[tuple[str, PollResult, str]] = []
-        stopped = False
+        chunk, stopped = self._held_back(chunk)
         for entry, result in chunk:
             error = result.error
             if isinstance(error, BatchStoppedError):
