@@ -32,6 +32,7 @@ from ._errors import (
     DecodeError,
     HTTPStatusError,
     RequestError,
+    RequestTimeoutError,
     TransportError,
 )
 from ._options import at_least, check_callable, non_negative, positive
@@ -258,6 +259,7 @@ async def call_with_retries(
         deadline = started + timeout
     retrying: Retrying | None = None
     error = failed
+    last: RequestError | None = None
     while True:
         if error is None:
             try:
@@ -265,6 +267,17 @@ async def call_with_retries(
                 return await attempt(within)
             except RequestError as exc:
                 error = exc
+            if (
+                last is not None
+                and retrying is not None
+                and isinstance(error, RequestTimeoutError)
+                and deadline is not None
+                and time.monotonic() >= deadline
+            ):
+                # A retry begun just before the timeout, cut short by it: the
+                # failure that asked for the retry is the answer.
+                last.attempts = retrying.attempts + 1
+                raise last
         # Decided and raised outside the handler: nothing keeps a chain of
         # every failed attempt (or what aiohttp attached to it) alive.
         if retrying is None:
