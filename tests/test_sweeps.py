@@ -185,7 +185,7 @@ async def test_a_server_without_the_list_gets_per_id_polling_said_once(
 ) -> None:
     """A 404 on the first page: per-id polling for good, one warning."""
     scripted = FakeReplicate()
-    ids = scripted.add_predictions(40, duration=0.5)
+    ids = scripted.add_predictions(40, duration=2.0)
 
     async def not_served(request: web.Request, _: FakeReplicate) -> web.Response:
         return web.json_response({"detail": "Not found."}, status=404)
@@ -219,7 +219,7 @@ async def test_anything_but_a_page_means_the_list_is_not_served(
 ) -> None:
     """An HTML page, another JSON shape, a 405: per-id polling, nothing lost."""
     scripted = FakeReplicate()
-    ids = scripted.add_predictions(30, duration=0.3)
+    ids = scripted.add_predictions(30, duration=2.0)
 
     async def odd(request: web.Request, _: FakeReplicate) -> web.Response:
         return answer()
@@ -238,7 +238,7 @@ async def test_a_failing_list_is_retried_then_left_for_per_id_polling(
 ) -> None:
     """500s on every page: retried, then per-id polling; no id lost."""
     scripted = FakeReplicate()
-    ids = scripted.add_predictions(30, duration=0.5)
+    ids = scripted.add_predictions(30, duration=2.0)
 
     async def broken(request: web.Request, _: FakeReplicate) -> web.Response:
         return web.json_response({"detail": "boom"}, status=500)
