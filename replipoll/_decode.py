@@ -101,6 +101,15 @@ def _strict(kind: type[T], name: str) -> Callable[[object, object], T]:
     return check
 
 
+_STRICT_STR: Final = _strict(str, "a string")
+_STRICT_BOOL: Final = _strict(bool, "a boolean")
+#: Hooks that only check the JSON type: inlined by the generated fast path.
+_TYPE_CHECKS: Final[Mapping[Callable[[Any, Any], Any], str]] = {
+    _STRICT_STR: "str",
+    _STRICT_BOOL: "bool",
+}
+
+
 def _number(value: object, _: object) -> float:
     if type(value) is float or type(value) is int:
         return float(value)
@@ -198,8 +207,8 @@ def make_converter(
     blind: set[Callable[[Any, Any], Any]] = set()
     status = _status_hook(statuses)
     hooks: list[tuple[Any, Callable[[Any, Any], Any]]] = [
-        (str, _strict(str, "a string")),
-        (bool, _strict(bool, "a boolean")),
+        (str, _STRICT_STR),
+        (bool, _STRICT_BOOL),
         (float, _number),
         (int, _integer),
         (datetime, _timestamp),
@@ -301,10 +310,44 @@ def _record_hook(
     # Fields holding a record whose own misfits are listed under this one's.
     holds_record = frozenset(f.name for f in fields if _record_type(f.type) in nested)
     keep_raw = "raw" in has
+    known = frozenset(hooks)
+    fits = _fast_fields(cls, hooks, required)
 
     def structure_record(data: object, _: object) -> T:
         if type(data) is not dict:
             raise FieldError("", f"expected an object, got {_json_type(data)}")
+        extra: dict[str, Any] | None = None
+        invalid: dict[str, Any] | None = None
+        kwargs: dict[str, Any] | None = None
+        if data.keys() <= known:
+            # The usual record: every key known. One pass that stops at the
+            # first value that does not fit; such a record (and any error)
+            # is left to the field-by-field walk below.
+            try:
+                kwargs = fits(data)
+            except Exception:
+                kwargs = None
+        if kwargs is None:
+            kwargs, extra, invalid = walk(data)
+        for key in holds_record:  # what did not fit inside, under dotted names
+            inner = kwargs.get(key)
+            if inner is not None and inner.invalid:
+                if invalid is None:
+                    invalid = {}
+                for name, bad in inner.invalid.items():
+                    invalid[f"{key}.{name}"] = bad
+        if extra:
+            kwargs["extra"] = extra
+        if invalid and "invalid" in has:
+            kwargs["invalid"] = invalid
+        if keep_raw:
+            kwargs["raw"] = data
+        return cls(**kwargs)
+
+    def walk(
+        data: dict[str, Any],
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+        """Each key in turn: the fields, the unknown keys, the misfits."""
         for name in required:
             if data.get(name) is None:
                 raise FieldError(name, "missing")
@@ -328,22 +371,57 @@ def _record_hook(
                     if invalid is None:
                         invalid = {}
                     invalid[key] = value
-        for key in holds_record:  # what did not fit inside, under dotted names
-            inner = kwargs.get(key)
-            if inner is not None and inner.invalid:
-                if invalid is None:
-                    invalid = {}
-                for name, bad in inner.invalid.items():
-                    invalid[f"{key}.{name}"] = bad
-        if extra:
-            kwargs["extra"] = extra
-        if invalid and "invalid" in has:
-            kwargs["invalid"] = invalid
-        if keep_raw:
-            kwargs["raw"] = data
-        return cls(**kwargs)
+        return kwargs, extra, invalid
 
     return structure_record
+
+
+def _fast_fields(
+    cls: type,
+    hooks: Mapping[str, Callable[[Any, Any], Any]],
+    required: frozenset[str],
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Generate the one-pass decoder of ``cls``'s fields, for known keys only.
+
+    It returns the keyword arguments of the fields given (``null`` being
+    not given), and raises at the first value that does not fit, or a
+    required field missing: the caller then walks the record key by key.
+    Type checks are inlined, every other hook called; the generated
+    source names fields only through ``repr`` of attrs' field names.
+    """
+    names: dict[str, Any] = {"_Misfit": _Misfit}
+    lines = ["def fits(data):", "    get = data.get", "    kwargs = {}"]
+    for n, (name, hook) in enumerate(hooks.items()):
+        key = repr(name)
+        lines.append(f"    value = get({key})")
+        check = _TYPE_CHECKS.get(hook)
+        if check is not None:
+            names[check] = {"str": str, "bool": bool}[check]
+            convert = [
+                f"if type(value) is not {check}: raise _Misfit",
+                f"kwargs[{key}] = value",
+            ]
+        else:
+            names[f"hook{n}"] = hook
+            convert = [f"kwargs[{key}] = hook{n}(value, None)"]
+        if name in required:
+            lines.append("    if value is None: raise _Misfit")
+            lines.extend(f"    {line}" for line in convert)
+        else:
+            lines.append("    if value is not None:")
+            lines.extend(f"        {line}" for line in convert)
+    lines.append("    return kwargs")
+    # Generated from attrs field names, as attrs and cattrs generate theirs.
+    exec(
+        compile("\n".join(lines), f"<replipoll fields of {cls.__qualname__}>", "exec"),
+        names,
+    )
+    fits: Callable[[dict[str, Any]], dict[str, Any]] = names["fits"]
+    return fits
+
+
+class _Misfit(Exception):
+    """A value the one-pass decoder leaves to the walk (never escapes)."""
 
 
 def _record_type(kind: object) -> object:

@@ -144,6 +144,9 @@ class _Model:
     queue_low: float = 0.0
     cold_after: float = math.inf
     cold: tuple[float, float] | None = None
+    #: Samples learnt since the plans above were made.
+    new_runs: int = 0
+    new_queues: int = 0
 
 
 def _is_policy(value: object) -> None:
@@ -250,6 +253,8 @@ class LearnedPolicy:
     #: The shortest step of the grid, and of polls near a predicted finish.
     MIN_STEP: ClassVar[float] = 0.3
     PROGRESS_STEP: ClassVar[float] = 0.5
+    #: Plans are made again once this share (1 / REPLAN) of samples is new.
+    REPLAN: ClassVar[int] = 8
 
     base: PollPolicy = attrs.field(
         factory=PollPolicy, validator=lambda _, __, value: _is_policy(value)
@@ -311,15 +316,17 @@ class LearnedPolicy:
                     self._models.popitem(last=False)
             else:
                 self._models.move_to_end(key)
+            # Planned when next used (see _known), not on every sample.
             if run is not None:
                 model.runs.append(run)
-                self._plan_runs(model)
+                model.new_runs += 1
             if queue is not None:
                 model.queues.append(queue)
-                self._plan_queues(model)
+                model.new_queues += 1
 
     def _plan_runs(self, model: _Model) -> None:
         """Sort the run times and lay the grid of poll offsets out."""
+        model.new_runs = 0
         runs = model.run_sorted = sorted(model.runs)
         count = len(runs)
         low = _quantile(runs, self.LOW)
@@ -344,6 +351,7 @@ class LearnedPolicy:
 
     def _plan_queues(self, model: _Model) -> None:
         """Sort the queue times; split the cold starts off."""
+        model.new_queues = 0
         queues = model.queue_sorted = sorted(model.queues)
         model.queue_low = _quantile(queues, self.LOW)
         median = _quantile(queues, 0.5)
@@ -362,10 +370,24 @@ class LearnedPolicy:
         return 0 if known is None else len(known.runs)
 
     def _known(self, prediction: Prediction) -> _Model | None:
-        """The samples to plan ``prediction`` with, or ``None`` if too few."""
+        """The samples to plan ``prediction`` with, or ``None`` if too few.
+
+        Its plans are made again first if enough has been learnt since: once
+        the new samples are ``1 / REPLAN`` of those kept (at every new one
+        while a key holds ``REPLAN`` or fewer). A busy model ends
+        many predictions between two polls of one of them; sorting its
+        samples and laying its grid out for each would cost more than the
+        polls, and a sample or two more moves no quantile far.
+        """
         for key in _keys(prediction):
             model = self._models.get(key)
             if model is not None and len(model.runs) >= self.min_samples:
+                new = model.new_runs
+                if new and new * self.REPLAN >= len(model.runs):
+                    self._plan_runs(model)
+                new = model.new_queues
+                if new and new * self.REPLAN >= len(model.queues):
+                    self._plan_queues(model)
                 return model
         return None
 
@@ -387,19 +409,13 @@ class LearnedPolicy:
             now: Wall-clock Unix seconds at which the record was received.
             rng: The source of jitter (a shared one if ``None``).
         """
-        planned = self._plan(prediction, age, now)
-        if planned is None:
-            return min(self.base.next_delay(age, rng), self.ceiling)
-        jitter = self.base.jitter
-        if jitter:
-            planned *= (rng or _rng).uniform(1.0 - jitter, 1.0 + jitter)
-        return min(planned, self.ceiling)
+        return self.next_poll(prediction, age=age, now=now, rng=rng)[0]
 
     def shortest_delay(
         self, prediction: Prediction, *, age: float, now: float
     ) -> float:
         """The least :meth:`next_delay` can be for the same arguments (jitter)."""
-        planned = self._plan(prediction, age, now)
+        planned = self._delay(prediction, age, now, *self._read(prediction, now))
         if planned is None:
             return min(self.base.shortest_delay(age), self.ceiling)
         return min(planned * (1.0 - self.base.jitter), self.ceiling)
@@ -414,12 +430,63 @@ class LearnedPolicy:
         """
         if prediction.is_terminal:
             return _timestamp(prediction.completed_at)
+        return self._finish(prediction, now, *self._read(prediction, now))
+
+    def next_poll(
+        self,
+        prediction: Prediction,
+        *,
+        age: float,
+        now: float,
+        rng: random.Random | None = None,
+    ) -> tuple[float, float, float | None]:
+        """:meth:`next_delay`, :meth:`shortest_delay` and :meth:`expected_finish`.
+
+        All three for a non-terminal ``prediction`` (the arguments as for
+        :meth:`next_delay`), its timestamps and logs read once: what a
+        :class:`~replipoll.PollManager` asks after every answer.
+        """
+        read = self._read(prediction, now)
+        planned = self._delay(prediction, age, now, *read)
+        finish = self._finish(prediction, now, *read)
+        base, ceiling = self.base, self.ceiling
+        if planned is None:
+            delay = min(base.next_delay(age, rng), ceiling)
+            return delay, min(base.shortest_delay(age), ceiling), finish
+        jitter = base.jitter
+        shortest = min(planned * (1.0 - jitter), ceiling)
+        if jitter:
+            planned *= (rng or _rng).uniform(1.0 - jitter, 1.0 + jitter)
+        return min(planned, ceiling), shortest, finish
+
+    def _read(
+        self, prediction: Prediction, now: float
+    ) -> tuple[float | None, tuple[float, float] | None, _Model | None]:
+        """What planning reads of a non-terminal record.
+
+        Its ``started_at`` (Unix seconds), the progress line's time left and
+        step (``processing`` only), and the model's samples when no
+        progress line says more (``None`` if too few).
+        """
         started = _timestamp(prediction.started_at)
+        progress = None
         if prediction.status == "processing":
             progress = self._left(prediction, started, now)
             if progress is not None:
-                return now + progress[0]
-        model = self._known(prediction)
+                return started, progress, None
+        return started, None, self._known(prediction)
+
+    def _finish(
+        self,
+        prediction: Prediction,
+        now: float,
+        started: float | None,
+        progress: tuple[float, float] | None,
+        model: _Model | None,
+    ) -> float | None:
+        """:meth:`expected_finish` of a non-terminal record, given :meth:`_read`."""
+        if progress is not None:
+            return now + progress[0]
         if model is None:
             return None
         if started is not None:
@@ -454,18 +521,22 @@ class LearnedPolicy:
             return None
         return (0.0, 0.0) if now - started - progress.elapsed <= 10.0 else None
 
-    def _plan(self, prediction: Prediction, age: float, now: float) -> float | None:
-        """The next delay before jitter, or ``None`` to leave it to ``base``."""
-        started = _timestamp(prediction.started_at)
-        status = prediction.status
-        if status == "processing":
-            progress = self._left(prediction, started, now)
-            if progress is not None:
-                left, step = progress
-                return max(left - max(0.1 * left, 0.5 * step), self.PROGRESS_STEP)
-        model = self._known(prediction)
+    def _delay(
+        self,
+        prediction: Prediction,
+        age: float,
+        now: float,
+        started: float | None,
+        progress: tuple[float, float] | None,
+        model: _Model | None,
+    ) -> float | None:
+        """The next delay before jitter, given :meth:`_read`; ``None``: ``base``'s."""
+        if progress is not None:
+            left, step = progress
+            return max(left - max(0.1 * left, 0.5 * step), self.PROGRESS_STEP)
         if model is None:
             return None
+        status = prediction.status
         if status == "processing" and started is not None:
             elapsed = max(0.0, now - started)
             grid = model.grid

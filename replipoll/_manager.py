@@ -1201,10 +1201,10 @@ class PollManager:
             due = now + policy.next_delay(age)
             earliest = now + policy.shortest_delay(age)
         else:  # it knows the model: a time near the expected finish
-            wall = time.time()
-            due = now + policy.next_delay(prediction, age=age, now=wall)
-            earliest = now + policy.shortest_delay(prediction, age=age, now=wall)
-            finish = policy.expected_finish(prediction, now=wall)
+            delay, shortest, finish = policy.next_poll(
+                prediction, age=age, now=time.time()
+            )
+            due, earliest = now + delay, now + shortest
             if finish is not None:
                 track.rank = finish
         hinted = self._hints.poll_after

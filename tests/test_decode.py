@@ -7,6 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -320,3 +321,41 @@ def test_arbitrary_json_yields_a_prediction_or_decode_error(data: Any) -> None:
         assert isinstance(p, Prediction)
         assert isinstance(p.id, str)
         assert isinstance(p.status, str)
+
+
+field_values = (
+    json_values
+    | st.sampled_from(["2025-01-01T00:00:00.123456789Z", "2025-01-01T00:00:00+02:00"])
+    | st.sampled_from([status.value for status in Status])
+    | st.dictionaries(
+        st.sampled_from(["get", "cancel", "predict_time", "image_count", "x"]),
+        json_values | st.floats(0, 100),
+        max_size=4,
+    )
+)
+known_records = st.dictionaries(prediction_keys, field_values, max_size=12).map(
+    lambda d: {"id": "abc", "status": "processing", **d}
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(known_records)
+def test_the_one_pass_decoder_and_the_walk_agree(data: dict[str, Any]) -> None:
+    """Every key known (one pass) or one more unknown key (the walk): same record."""
+    try:
+        walked = structure_prediction({**data, "zz_unknown": 1})
+    except DecodeError as refused:
+        field = refused.field
+    else:
+        field = None
+    if field is not None:
+        with pytest.raises(DecodeError) as info:
+            structure_prediction(data)
+        assert info.value.field == field
+        return
+    assert walked.extra == {"zz_unknown": 1}
+    one_pass = structure_prediction(data)
+    assert one_pass.extra == {}
+    assert one_pass == attrs.evolve(walked, extra={})
+    assert one_pass.invalid == walked.invalid
+    assert one_pass.raw is data

@@ -253,6 +253,21 @@ def test_a_model_that_changes_is_followed() -> None:
     assert policy.expected_finish(_running(queue=0), now=NOW0) == NOW0 + 60
 
 
+def test_plans_follow_every_sample_while_few_then_each_eighth_of_the_window() -> None:
+    """Plans are made again when used, once enough is new: not per sample."""
+    running = _running(queue=0)
+    policy = _taught([4.0] * 5)
+    policy.learn(_finished(100.0))  # one in six is new: planned again at once
+    assert policy.expected_finish(running, now=NOW0 + 50) == NOW0 + 100
+    policy = _taught([10.0] * 64)  # a full window
+    assert policy.expected_finish(running, now=NOW0 + 20) == NOW0 + 20
+    for _ in range(7):  # 7 of 64 new: the plan stands
+        policy.learn(_finished(60.0))
+    assert policy.expected_finish(running, now=NOW0 + 20) == NOW0 + 20
+    policy.learn(_finished(60.0))  # an eighth: planned again
+    assert policy.expected_finish(running, now=NOW0 + 20) == NOW0 + 60
+
+
 # -- the schedule ---------------------------------------------------------------
 
 
@@ -543,3 +558,25 @@ def test_a_progress_bar_saves_more_still() -> None:
     base, learnt = results["video"]["base"], results["video"]["learnt"]
     assert learnt[0] * 4 <= base[0]
     assert learnt[1] <= base[1]
+
+
+@given(
+    _records,
+    st.floats(0, 10_000),
+    st.floats(-10, 10_000),
+    st.integers(0, 2**32),
+    st.lists(st.floats(0, 1e6), max_size=30),
+)
+def test_next_poll_gives_the_three_answers_at_once(
+    record: Prediction, age: float, since: float, seed: int, runs: list[float]
+) -> None:
+    """What the manager asks after each answer, the same as asking thrice."""
+    policy = LearnedPolicy()
+    for run in runs:
+        policy.learn(_finished(run, model="acme/img", version="v1", queue=run / 7))
+    now = NOW0 + since
+    assert policy.next_poll(record, age=age, now=now, rng=random.Random(seed)) == (
+        policy.next_delay(record, age=age, now=now, rng=random.Random(seed)),
+        policy.shortest_delay(record, age=age, now=now),
+        policy.expected_finish(record, now=now),
+    )
