@@ -1369,6 +1369,12 @@ class PollManager:
         retrying = track.retrying
         if retrying is None:
             retrying = track.retrying = self.retry.start(sent)
+        elif retrying.cut_short(exc, now):
+            # A retry begun just before the policy's timeout and cut short by
+            # it: the failure that asked for the retry is the answer.
+            retrying.attempts += 1
+            self._give_up(track, retrying)
+            return
         wait = retrying.next_wait(exc, now, what=track.id)
         if wait is None:
             self._fail(track, exc)

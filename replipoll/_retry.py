@@ -47,6 +47,9 @@ __all__ = [
 
 logger: Final = logging.getLogger("replipoll")
 
+#: Seconds before a retry policy's deadline from which a timeout is its doing.
+CUT_SLACK: Final = 0.01
+
 #: Statuses retried by default: a request timeout, throttling, server errors,
 #: gateway failures and Cloudflare's own (520-527 and 529: the origin failed,
 #: refused, was unreachable or timed out, or its TLS failed).
@@ -183,6 +186,22 @@ class Retrying:
         )
         next(self._ceilings)  # backoff's generators yield 0 first, to prime
 
+    def cut_short(self, error: BaseException, now: float) -> bool:
+        """Whether ``error`` is a retry's timeout that the deadline caused.
+
+        A retry begun just before the policy's ``timeout`` is given only
+        what is left of it, and times out at the deadline: the failure that
+        asked for the retry, not that timeout, is then the call's answer. A
+        timeout within :data:`CUT_SLACK` of the deadline counts (a timer
+        may fire a hair early, and the clock is read after it).
+        """
+        return (
+            self.last is not None
+            and self.deadline is not None
+            and isinstance(error, RequestTimeoutError)
+            and now >= self.deadline - CUT_SLACK
+        )
+
     def next_wait(
         self, error: BaseException, now: float, *, what: str = ""
     ) -> float | None:
@@ -270,12 +289,8 @@ async def call_with_retries(
             if (
                 last is not None
                 and retrying is not None
-                and isinstance(error, RequestTimeoutError)
-                and deadline is not None
-                and time.monotonic() >= deadline
+                and retrying.cut_short(error, time.monotonic())
             ):
-                # A retry begun just before the timeout, cut short by it: the
-                # failure that asked for the retry is the answer.
                 last.attempts = retrying.attempts + 1
                 raise last
         # Decided and raised outside the handler: nothing keeps a chain of

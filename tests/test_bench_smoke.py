@@ -190,3 +190,22 @@ def test_sweep_round_runs_and_renders(bench: Loader) -> None:
     page = report.render(results, findings=report.findings(results))
     assert "## 7. Sweeps" in page
     assert "| 40 | sweeps (`sweep=True`) |" in page
+
+
+def test_compare_exports_a_revision_and_prints_the_ratios(
+    bench: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/compare.py: the base version is a copy of the package at a revision."""
+    if not (BENCH.parent / ".git").exists():
+        pytest.skip("not a git checkout")
+    compare = bench("compare")
+    short = compare.export("HEAD", tmp_path)
+    assert short
+    assert (tmp_path / "replipoll" / "__init__.py").is_file()
+    assert not (tmp_path / "tests").exists()
+    rounds = {"base": [200.0, 210.0], "tree": [180.0, 200.0], "floor": [100.0, 100.0]}
+    compare.report({"manager": rounds})
+    assert capsys.readouterr().out == (
+        "manager: tree / base 0.926x (0.900-0.952); against the floor: "
+        "base 2.05x (2.00-2.10), tree 1.90x (1.80-2.00)\n"
+    )

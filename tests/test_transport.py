@@ -272,6 +272,34 @@ async def test_the_policy_timeout_stops_a_call_whatever_attempts_remain() -> Non
     assert managed < 2.0
 
 
+@pytest.mark.parametrize("caller", ["client", "manager"])
+async def test_a_retry_cut_short_by_the_policy_timeout_ends_with_what_asked_for_it(
+    caller: str,
+) -> None:
+    """A 500, then a retry still running at the timeout: the 500 is the answer."""
+    patient = RetryPolicy(max_attempts=10, base_delay=0.05, max_delay=0.05, timeout=0.4)
+    async with FakeReplicate() as server:
+        pid = server.add_prediction()
+        server.add_fault(Fault.server_error(), prediction_id=pid, times=1)
+        server.add_fault(Fault.slow(5.0), prediction_id=pid, times=None)
+        async with Client(
+            base_url=server.base_url(), api_key=server.api_key, retry=patient
+        ) as client:
+            start = time.monotonic()
+            if caller == "client":
+                with pytest.raises(ServerError) as failed:
+                    await client.get(pid)
+                error: BaseException | None = failed.value
+            else:
+                async with PollManager(client) as manager:
+                    (result,) = await manager.poll_many([pid])
+                error = result.error
+            spent = time.monotonic() - start
+    assert isinstance(error, ServerError)
+    assert error.attempts == 2
+    assert spent < 2.0
+
+
 async def test_on_retry_reports_every_retry_of_every_caller(tmp_path: Path) -> None:
     seen: list[tuple[int, str]] = []
     policy = RetryPolicy(
