@@ -19,7 +19,10 @@ and measures, each round on fresh fake servers and in fresh interpreters:
 It prints each round and, for each workload, the median and spread of the
 rounds' ratios: this tree against the base, and each against the floor.
 ``--fast`` runs both versions on the fast path (uvloop + msgspec; the floor
-stays the default one), ``--quick`` a 1,000-id batch (a smoke run).
+stays the default one). ``--ids`` sizes the batch: a machine too slow to
+keep up with 10,000 ids spends the whole run working, and its CPU per
+request then says only how many requests fit in the time (the figures
+print the requests of each run: they should barely differ).
 """
 
 from __future__ import annotations
@@ -85,8 +88,11 @@ async def gets(base_url: str, ids: list[str], count: int) -> dict[str, Any]:
 
 def measure(
     what: str, n: int, base_dir: Path | None, *, fast: bool, seed: int
-) -> float:
-    """µs of client CPU per request of ``what`` for one version, fresh server."""
+) -> tuple[float, int]:
+    """µs of client CPU per request of ``what`` for one version, and requests.
+
+    Each on a fresh server.
+    """
     env = dict(FAST_ENV if fast else DEFAULT_ENV)
     env["PYTHONPATH"] = str(base_dir) if base_dir is not None else ""
     part = {"manager": "batch-fast" if fast else "batch", "get": "get"}[what]
@@ -102,7 +108,7 @@ def measure(
     if inside != (base_dir is not None):  # the wrong version was imported
         raise RuntimeError(f"measured the wrong replipoll: {where}")
     count = figures["requests"] if what == "manager" else figures["count"]
-    return float(figures["cpu"]) / count * 1e6
+    return float(figures["cpu"]) / count * 1e6, int(count)
 
 
 def floor(n: int, seed: int) -> float:
@@ -123,12 +129,13 @@ def floor(n: int, seed: int) -> float:
 
 
 def run(
-    base: str, rounds: int, whats: list[str], *, fast: bool, quick: bool
+    base: str, rounds: int, whats: list[str], *, fast: bool, ids: int
 ) -> dict[str, Any]:
     """Measure every workload ``rounds`` times on both versions; print as it goes."""
-    n = 1_000 if quick else 10_000
+    n = ids
     figures: dict[str, dict[str, list[float]]] = {
-        what: {"base": [], "tree": [], "floor": []} for what in whats
+        what: {"base": [], "tree": [], "floor": [], "base_n": [], "tree_n": []}
+        for what in whats
     }
     with tempfile.TemporaryDirectory(prefix="replipoll-base-") as tmp:
         base_dir = Path(tmp)
@@ -143,7 +150,7 @@ def run(
             for what in whats:
                 order = ["base", "tree"] if r % 2 == 0 else ["tree", "base"]
                 for version in order:
-                    us = measure(
+                    us, count = measure(
                         what,
                         n,
                         base_dir if version == "base" else None,
@@ -151,11 +158,13 @@ def run(
                         seed=r,
                     )
                     figures[what][version].append(us)
+                    figures[what][f"{version}_n"].append(count)
                 figures[what]["floor"].append(floor_us)
                 row = figures[what]
                 print(
-                    f"  round {r + 1} {what}: base {row['base'][-1]:.1f} us, "
-                    f"tree {row['tree'][-1]:.1f} us, floor {floor_us:.1f} us",
+                    f"  round {r + 1} {what}: base {row['base'][-1]:.1f} us "
+                    f"({row['base_n'][-1]:.0f} requests), tree {row['tree'][-1]:.1f} "
+                    f"us ({row['tree_n'][-1]:.0f}), floor {floor_us:.1f} us",
                     flush=True,
                 )
     return {"base": base, "short": short, "rounds": rounds, "fast": fast, **figures}
@@ -184,7 +193,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--what", default="manager,get", help="manager,get")
     parser.add_argument("--fast", action="store_true", help="uvloop + msgspec")
-    parser.add_argument("--quick", action="store_true", help="a 1,000-id batch")
+    parser.add_argument(
+        "--ids", type=int, default=10_000, help="ids in the batch (10,000)"
+    )
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -210,7 +221,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--what: unknown workload {', '.join(sorted(unknown))}")
     began = time.perf_counter()
-    report(run(args.base, args.rounds, whats, fast=args.fast, quick=args.quick))
+    report(run(args.base, args.rounds, whats, fast=args.fast, ids=args.ids))
     print(f"({time.perf_counter() - began:.0f} s)")
 
 

@@ -16,7 +16,7 @@ import re
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import attrs
 
@@ -147,6 +147,17 @@ class _Model:
     #: Samples learnt since the plans above were made.
     new_runs: int = 0
     new_queues: int = 0
+
+
+class _Reading(NamedTuple):
+    """What planning reads of a non-terminal record, once per answer."""
+
+    #: ``started_at`` in Unix seconds.
+    started: float | None
+    #: The progress line's seconds left and step (``processing`` only).
+    progress: tuple[float, float] | None
+    #: The model's samples, when no progress line says more and enough are kept.
+    model: _Model | None
 
 
 def _is_policy(value: object) -> None:
@@ -415,7 +426,7 @@ class LearnedPolicy:
         self, prediction: Prediction, *, age: float, now: float
     ) -> float:
         """The least :meth:`next_delay` can be for the same arguments (jitter)."""
-        planned = self._delay(prediction, age, now, *self._read(prediction, now))
+        planned = self._delay(prediction, age, now, self._read(prediction, now))
         if planned is None:
             return min(self.base.shortest_delay(age), self.ceiling)
         return min(planned * (1.0 - self.base.jitter), self.ceiling)
@@ -430,7 +441,7 @@ class LearnedPolicy:
         """
         if prediction.is_terminal:
             return _timestamp(prediction.completed_at)
-        return self._finish(prediction, now, *self._read(prediction, now))
+        return self._finish(prediction, now, self._read(prediction, now))
 
     def next_poll(
         self,
@@ -447,8 +458,8 @@ class LearnedPolicy:
         :class:`~replipoll.PollManager` asks after every answer.
         """
         read = self._read(prediction, now)
-        planned = self._delay(prediction, age, now, *read)
-        finish = self._finish(prediction, now, *read)
+        planned = self._delay(prediction, age, now, read)
+        finish = self._finish(prediction, now, read)
         base, ceiling = self.base, self.ceiling
         if planned is None:
             delay = min(base.next_delay(age, rng), ceiling)
@@ -459,32 +470,20 @@ class LearnedPolicy:
             planned *= (rng or _rng).uniform(1.0 - jitter, 1.0 + jitter)
         return min(planned, ceiling), shortest, finish
 
-    def _read(
-        self, prediction: Prediction, now: float
-    ) -> tuple[float | None, tuple[float, float] | None, _Model | None]:
-        """What planning reads of a non-terminal record.
-
-        Its ``started_at`` (Unix seconds), the progress line's time left and
-        step (``processing`` only), and the model's samples when no
-        progress line says more (``None`` if too few).
-        """
+    def _read(self, prediction: Prediction, now: float) -> _Reading:
+        """What planning reads of a non-terminal record (see :class:`_Reading`)."""
         started = _timestamp(prediction.started_at)
-        progress = None
         if prediction.status == "processing":
             progress = self._left(prediction, started, now)
             if progress is not None:
-                return started, progress, None
-        return started, None, self._known(prediction)
+                return _Reading(started, progress, None)
+        return _Reading(started, None, self._known(prediction))
 
     def _finish(
-        self,
-        prediction: Prediction,
-        now: float,
-        started: float | None,
-        progress: tuple[float, float] | None,
-        model: _Model | None,
+        self, prediction: Prediction, now: float, read: _Reading
     ) -> float | None:
         """:meth:`expected_finish` of a non-terminal record, given :meth:`_read`."""
+        started, progress, model = read
         if progress is not None:
             return now + progress[0]
         if model is None:
@@ -522,15 +521,10 @@ class LearnedPolicy:
         return (0.0, 0.0) if now - started - progress.elapsed <= 10.0 else None
 
     def _delay(
-        self,
-        prediction: Prediction,
-        age: float,
-        now: float,
-        started: float | None,
-        progress: tuple[float, float] | None,
-        model: _Model | None,
+        self, prediction: Prediction, age: float, now: float, read: _Reading
     ) -> float | None:
         """The next delay before jitter, given :meth:`_read`; ``None``: ``base``'s."""
+        started, progress, model = read
         if progress is not None:
             left, step = progress
             return max(left - max(0.1 * left, 0.5 * step), self.PROGRESS_STEP)

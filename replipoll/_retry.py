@@ -192,7 +192,7 @@ class Retrying:
         A retry begun just before the policy's ``timeout`` is given only
         what is left of it, and times out at the deadline: the failure that
         asked for the retry, not that timeout, is then the call's answer. A
-        timeout within :data:`CUT_SLACK` of the deadline counts (a timer
+        timeout within 10 ms (``CUT_SLACK``) of the deadline counts (a timer
         may fire a hair early, and the clock is read after it).
         """
         return (

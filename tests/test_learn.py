@@ -300,15 +300,17 @@ _records = st.builds(
     started_at=st.none() | st.floats(-5, 5000).map(_at),
     logs=st.none() | st.text(max_size=80) | st.just(" 5%|# | 1/20 [00:02<00:38]"),
 )
-
-
-@given(
+#: A record, its age, seconds since the epoch of its times, a seed, run times.
+_PLANNING = (
     _records,
     st.floats(0, 10_000),
     st.floats(-10, 10_000),
     st.integers(0, 2**32),
     st.lists(st.floats(0, 1e6), max_size=30),
 )
+
+
+@given(*_PLANNING)
 def test_the_delay_is_always_in_0_to_ceiling(
     record: Prediction, age: float, since: float, seed: int, runs: list[float]
 ) -> None:
@@ -560,13 +562,7 @@ def test_a_progress_bar_saves_more_still() -> None:
     assert learnt[1] <= base[1]
 
 
-@given(
-    _records,
-    st.floats(0, 10_000),
-    st.floats(-10, 10_000),
-    st.integers(0, 2**32),
-    st.lists(st.floats(0, 1e6), max_size=30),
-)
+@given(*_PLANNING)
 def test_next_poll_gives_the_three_answers_at_once(
     record: Prediction, age: float, since: float, seed: int, runs: list[float]
 ) -> None:
