@@ -124,7 +124,7 @@ async def test_list_items_resolve_ids_without_a_get_when_full_records_is_off(
     fake_replicate: FakeReplicate,
 ) -> None:
     """full_records=False: a finished id ends with its list item, logs absent."""
-    ids = interleaved(fake_replicate, 200, 100, duration=0.5)
+    ids = interleaved(fake_replicate, 200, 100, duration=2.0)
     async with manager_for(
         fake_replicate.base_url(), sweep=True, full_records=False
     ) as manager:
