@@ -56,6 +56,9 @@ from sybil.parsers.abstract.doctest import DocTestStringParser
 from sybil.parsers.myst import CodeBlockParser, SkipParser
 from sybil.parsers.rest import DocTestParser
 
+#: A test that fails while the machine stands still runs again (tests/stalls.py).
+pytest_plugins = ["tests.stalls"]
+
 # Import every module of the package now: Sybil forgets modules first imported
 # while it reads a file, and a second copy of a module means a second copy of
 # its classes (and `except replipoll.ReplipollError` that catches nothing).

@@ -13,10 +13,19 @@ import pytest_asyncio
 import replipoll
 from replipoll.testing import FakeReplicate
 
+from tests.stalls import WATCH, StallWatch
+
 pytest_plugins = ["replipoll.testing.pytest_plugin"]
 
 #: A key that must never show up in any output; tests look for it.
 SECRET_KEY = "r8_SeCrEtKeY-do-not-leak-7f3a9c"
+
+
+@pytest.fixture
+def stalls() -> StallWatch:
+    """The session's watcher of host stalls (see ``tests/stalls.py``), running."""
+    WATCH.start()
+    return WATCH
 
 
 @pytest.fixture

@@ -36,10 +36,14 @@ from replipoll import ConfigurationError, PollManager, PollPolicy, Prediction
 from replipoll.redis import RedisShare
 from replipoll.testing import FakeClock, FakeReplicate
 
+from tests.stalls import StallWatch
+
 #: Leases in these tests last a second: take-overs happen within about that.
 TTL = 1.0
 FAST = PollPolicy.fixed(0.1)
-PATIENCE = 15.0
+#: How long a wait may take before it counts as hung (generous: a shared
+#: machine may stand still for seconds, and a lease of 1 s lapses then).
+PATIENCE = 30.0
 GATEWAY = "/replicate/v1"
 
 
@@ -207,7 +211,9 @@ async def test_two_processes_poll_each_id_from_one_of_them_and_both_resolve(
 
 
 async def test_a_webhook_landing_on_one_process_resolves_the_wait_in_another(
-    fake_replicate: FakeReplicate, make_share: Callable[..., RedisShare]
+    fake_replicate: FakeReplicate,
+    make_share: Callable[..., RedisShare],
+    stalls: StallWatch,
 ) -> None:
     """B does not track the id; the webhook it receives ends A's wait,
     long before A's next poll (30 s away)."""
@@ -232,7 +238,7 @@ async def test_a_webhook_landing_on_one_process_resolves_the_wait_in_another(
             )
             started = time.monotonic()
             done = await asyncio.wait_for(a.wait(pid), PATIENCE)
-            took = time.monotonic() - started
+            took = stalls.ran(started, time.monotonic())
     assert done.status == "succeeded"
     assert done.to_json() == server.prediction_state(pid)
     assert took < 5
@@ -329,6 +335,7 @@ async def test_a_killed_process_ids_are_taken_over_within_about_the_lease_ttl(
     redis_url: str,
     redis_prefix: str,
     tmp_path: Path,
+    stalls: StallWatch,
 ) -> None:
     """A subprocess holds the leases and polls; kill -9; this process polls
     and resolves the ids once the leases expired: within lease_ttl plus one
@@ -386,14 +393,43 @@ async def test_a_killed_process_ids_are_taken_over_within_about_the_lease_ttl(
                 await process.wait()
             errors.close()
     assert all(p.status == "succeeded" for p in records)
-    takeover = [resolved[pid] - killed for pid in ids]
+    takeover = [stalls.ran(killed, resolved[pid]) for pid in ids]
     print(f"take-over after kill -9: {min(takeover):.2f} to {max(takeover):.2f} s")
-    # The last renewal was at most TTL / 3 before the kill.
-    assert min(takeover) > TTL * 2 / 3 - 0.2, takeover
+    # The last renewal was at most TTL / 3 before the kill (unless the
+    # machine stood still then: the renewal came later than planned).
+    if not stalls.stalled(killed - TTL, killed):
+        assert min(takeover) > TTL * 2 / 3 - 0.2, takeover
     assert max(takeover) < TTL * 1.25 + 1.0, takeover
     assert all(polls_by_prefix(server, pid)["/v1"] >= 1 for pid in ids)
     assert given_back == [None] * len(ids)
     assert len(held_by) == 1
+
+
+async def test_an_exchange_turns_a_resync_asked_meanwhile_into_claims(
+    fake_replicate: FakeReplicate, make_share: Callable[..., RedisShare]
+) -> None:
+    """The listener subscribed again while a round trip ran: the worker's
+    ``while pending()`` must end. An exchange that left the resync pending
+    would send empty round trips forever, and never renew a lease again."""
+    pid = fake_replicate.add_prediction(duration=100)
+    async with (
+        client_of(fake_replicate) as client,
+        make_share() as share,
+        PollManager(client, share=share, policy=PollPolicy.fixed(30)) as manager,
+    ):
+        manager.submit(pid)
+        session = share._session
+        assert session is not None
+        await until(lambda: pid in session.held)
+        worker = session.tasks[0]  # (stopped: this test drives the exchanges)
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+        session.held.discard(pid)  # a lease lost during an outage
+        session.resync = True  # what the listener sets on subscribing again
+        await share._exchange(session)
+        assert not session.pending()
+        assert pid in session.held  # claimed again, still free to take
 
 
 async def test_cancelling_an_awaiter_gives_the_lease_back(
@@ -540,7 +576,9 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
 
 
 async def test_with_redis_down_each_process_polls_alone_and_shares_again_after(
-    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+    stalls: StallWatch,
 ) -> None:
     """Redis dies: an ERROR, once; each process polls what it tracks (the
     ids a peer held too), and ids resolve. Redis returns: a WARNING, the
@@ -589,11 +627,22 @@ async def test_with_redis_down_each_process_polls_alone_and_shares_again_after(
             finally:
                 await check.aclose()
             await asyncio.sleep(0.3)  # polls sent before the leases settled
-            before = {pid: polls_by_prefix(server, pid) for pid in late}
-            await asyncio.sleep(0.8)
+            # One process polls each id again. (A lease lapses when its
+            # holder stands still for a TTL: then both may poll for a moment,
+            # as they should; such a window is looked at again.)
+            for _ in range(5):
+                start = time.monotonic()
+                before = {pid: polls_by_prefix(server, pid) for pid in late}
+                await asyncio.sleep(0.8)
+                grown = {
+                    pid: polls_by_prefix(server, pid) - before[pid] for pid in late
+                }
+                if not stalls.stalled(start - TTL, time.monotonic()):
+                    break
+            else:
+                pytest.fail("the machine stood still in every window")
             for pid in late:
-                grown = polls_by_prefix(server, pid) - before[pid]
-                assert len(grown) == 1, (pid, grown)  # one process polls it again
+                assert len(grown[pid]) == 1, (pid, grown[pid])
             clock.advance(200)
             await asyncio.wait_for(asyncio.gather(*waits_a, *waits_b), PATIENCE)
     said = [r for r in caplog.records if r.name == "replipoll.redis"]

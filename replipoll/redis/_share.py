@@ -531,7 +531,14 @@ class RedisShare:
                 claims[pid] = None
 
     async def _exchange(self, session: _Session) -> None:
-        """One MULTI: releases, records (SET then PUBLISH), claims."""
+        """One MULTI: releases, records (SET then PUBLISH), claims.
+
+        A resync asked for meanwhile (the listener subscribed again) turns
+        into claims first: an exchange leaves nothing pending that it could
+        have done, so its callers' ``while session.pending()`` ends.
+        """
+        if session.resync:
+            self._claim_unheld(session)
         releases = _take(session.releases, _CYCLE)
         claims = _take(session.claims, _CYCLE)
         records = [
