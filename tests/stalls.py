@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol
 
-#: How long the watcher sleeps between looks (seconds).
-TICK = 0.005
+#: How long the watcher sleeps between looks (seconds): 50 wake-ups a second.
+TICK = 0.02
 #: A wake-up this much later than asked is a stall of the machine.
 #: (Above the interpreter's 5 ms switch interval, well below a test's bound.)
 THRESHOLD = 0.05

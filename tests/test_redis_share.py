@@ -393,13 +393,15 @@ async def test_a_killed_process_ids_are_taken_over_within_about_the_lease_ttl(
                 await process.wait()
             errors.close()
     assert all(p.status == "succeeded" for p in records)
-    takeover = [stalls.ran(killed, resolved[pid]) for pid in ids]
+    takeover = [resolved[pid] - killed for pid in ids]
     print(f"take-over after kill -9: {min(takeover):.2f} to {max(takeover):.2f} s")
     # The last renewal was at most TTL / 3 before the kill (unless the
     # machine stood still then: the renewal came later than planned).
     if not stalls.stalled(killed - TTL, killed):
         assert min(takeover) > TTL * 2 / 3 - 0.2, takeover
-    assert max(takeover) < TTL * 1.25 + 1.0, takeover
+    # (An upper bound leaves out the time the machine stood still.)
+    ran = [stalls.ran(killed, resolved[pid]) for pid in ids]
+    assert max(ran) < TTL * 1.25 + 1.0, ran
     assert all(polls_by_prefix(server, pid)["/v1"] >= 1 for pid in ids)
     assert given_back == [None] * len(ids)
     assert len(held_by) == 1
