@@ -80,7 +80,7 @@ class StallWatch:
         return end - start - self.stalled(start, end)
 
 
-#: The watcher of this test session (started by ``tests/conftest.py``).
+#: The watcher of this test session (started by :func:`pytest_configure`).
 WATCH = StallWatch()
 
 
@@ -100,7 +100,7 @@ RERUNS = 3
 _reruns: list[tuple[str, list[float]]] = []
 
 
-def _enabled(config: pytest.Config) -> bool:
+def _enabled() -> bool:
     """Whether failed tests may run again (``REPLIPOLL_TEST_RERUNS``)."""
     return os.environ.get("REPLIPOLL_TEST_RERUNS", "1") != "0"
 
@@ -115,7 +115,7 @@ def pytest_runtest_protocol(
     item: pytest.Item, nextitem: pytest.Item | None
 ) -> bool | None:
     """Run ``item``; again while it fails with the machine standing still."""
-    if not _enabled(item.config):
+    if not _enabled():
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     stalls: list[float] = []
