@@ -23,8 +23,7 @@ SECRET_KEY = "r8_SeCrEtKeY-do-not-leak-7f3a9c"
 
 @pytest.fixture
 def stalls() -> StallWatch:
-    """The session's watcher of host stalls (see ``tests/stalls.py``), running."""
-    WATCH.start()
+    """The session's watcher of host stalls (``tests/stalls.py`` starts it)."""
     return WATCH
 
 

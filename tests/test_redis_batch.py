@@ -481,6 +481,16 @@ def test_cli_workers_one_killed_every_id_exported_once_survivors_take_over(
     connection: Any = redis.Redis.from_url(redis_url, decode_responses=True)
     queue = f"{redis_prefix}batch:{{big}}:queue"
     victim = workers[0]
+
+    def pending(consumer: str) -> list[str]:
+        """The entries ``consumer`` holds (read, not yet acknowledged)."""
+        return [
+            entry["message_id"]
+            for entry in connection.xpending_range(
+                queue, GROUP, "-", "+", 1000, consumername=consumer
+            )
+        ]
+
     try:
         began = time.monotonic()
         held: list[str] = []
@@ -494,23 +504,14 @@ def test_cli_workers_one_killed_every_id_exported_once_survivors_take_over(
                 (c["name"] for c in consumers if f":{victim.pid}:" in c["name"]), None
             )
             if name is not None:
-                held = [
-                    entry["message_id"]
-                    for entry in connection.xpending_range(
-                        queue, GROUP, "-", "+", 1000, consumername=name
-                    )
-                ]
+                held = pending(name)
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
         victim.communicate(timeout=10)
         # What it held when it died (it may have finished some of the ids
         # seen above meanwhile); the survivors claim them a second later.
-        held = [
-            entry["message_id"]
-            for entry in connection.xpending_range(
-                queue, GROUP, "-", "+", 1000, consumername=name
-            )
-        ]
+        assert name is not None
+        held = pending(name)
         dead_ids = {
             connection.xrange(queue, entry, entry)[0][1]["id"] for entry in held
         }
