@@ -79,6 +79,21 @@ class StallWatch:
         """``end - start``, without the stalls seen in between."""
         return end - start - self.stalled(start, end)
 
+    def wait_calm(self, quiet: float, limit: float) -> float:
+        """Block until no stall was seen for ``quiet`` seconds; at most ``limit``.
+
+        Returns the seconds waited. A rerun that starts right after a stall
+        often meets the next one: stalls come in bursts.
+        """
+        began = time.monotonic()
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                last = self._ends[-1] if self._ends else began - quiet
+            if now - last >= quiet or now - began >= limit:
+                return now - began
+            time.sleep(min(0.1, quiet - (now - last)))
+
 
 #: The watcher of this test session (started by :func:`pytest_configure`).
 WATCH = StallWatch()
@@ -87,15 +102,20 @@ WATCH = StallWatch()
 # -- a failed test that the machine stood still in runs again --------------------
 #
 # A test that failed while the machine stood still for STALLED seconds or
-# more runs again, up to RERUNS times; its last run is its verdict. A test
-# that fails without a stall fails at once, as does one that fails every
-# run. REPLIPOLL_TEST_RERUNS=0 turns this off. The summary at the end lists
+# more runs again, up to RERUNS times, once the machine has run CALM seconds
+# without a stall (waiting CALM_WAIT at most); its last run is its verdict.
+# A test that fails without a stall fails at once, as does one that fails
+# every run. REPLIPOLL_TEST_RERUNS=0 turns this off. The summary at the end lists
 # every test run again, with the stalls it saw.
 
 #: Stalls (in all) during a failed run that make it run again.
 STALLED = 0.1
 #: Runs again at most.
 RERUNS = 3
+#: A rerun waits for this long a time without stalls (seconds) ...
+CALM = 2.0
+#: ... but no longer than this.
+CALM_WAIT = 30.0
 
 _reruns: list[tuple[str, list[float]]] = []
 
@@ -130,6 +150,7 @@ def pytest_runtest_protocol(
             break
         stalls.append(stalled)
         _forget_failures(item)
+        WATCH.wait_calm(CALM, CALM_WAIT)
     if stalls:
         _reruns.append((item.nodeid, stalls))
         for report in reports:
