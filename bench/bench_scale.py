@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import linecache
 import time
 import tracemalloc
@@ -55,13 +56,16 @@ def _stub_client() -> Any:
     import replipoll
 
     record = replipoll.Prediction.from_json({"id": "x", "status": "processing"})
+    hashes = itertools.count(2**62)
 
     class StubClient(replipoll.Client):
         __slots__ = ()
 
-        async def _exchange(self, *_: Any) -> replipoll.Prediction:
+        async def _exchange(self, *_: Any) -> tuple[replipoll.Prediction, int]:
             await asyncio.sleep(0)
-            return record
+            # The record, and its body's hash: an int of its own per answer,
+            # as a real one is (kept per id with the record).
+            return record, next(hashes)
 
     return StubClient(base_url="http://127.0.0.1:9/v1", api_key="stub")
 
@@ -218,12 +222,14 @@ def _decoding_stub_client() -> Any:
     class DecodingStubClient(replipoll.Client):
         __slots__ = ()
 
-        async def _exchange(self, request: Any, *_: Any) -> replipoll.Prediction:
+        async def _exchange(
+            self, request: Any, *_: Any
+        ) -> tuple[replipoll.Prediction, int]:
+            # Every answer decoded, as if each had changed since the last.
             await asyncio.sleep(0)
             pid = request.prediction_id
-            return replipoll.Prediction.from_json(
-                json.loads(body.replace('"id": ""', f'"id": "{pid}"'))
-            )
+            text = body.replace('"id": ""', f'"id": "{pid}"')
+            return replipoll.Prediction.from_json(json.loads(text)), hash(text)
 
     return DecodingStubClient(base_url="http://127.0.0.1:9/v1", api_key="stub")
 

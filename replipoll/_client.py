@@ -700,10 +700,14 @@ class Client:
         within: float | None,
         retry: RetryPolicy,
         hints: ServerHints | None = None,
-    ) -> Prediction:
+        seen: tuple[int, Prediction] | None = None,
+    ) -> tuple[Prediction, int]:
         """Send one request now (the caller took its budget slot); no retries.
 
-        The interface the :class:`~replipoll.PollManager` polls through. A
+        The interface the :class:`~replipoll.PollManager` polls through. It
+        returns the record and its body's hash; an answer whose hash is the
+        one in ``seen`` returns ``seen``'s record, not decoded again (see
+        :meth:`Transport.api_since <replipoll._transport.Transport.api_since>`). A
         ``Retry-After`` on a 429 or a 503 that ``retry`` honours pauses
         ``budget`` and this client's own (the limit is per key); one it
         refuses pauses nothing (that request fails, the others go on). The
@@ -718,15 +722,15 @@ class Client:
         if hints is None:
             hints = self._hints
         try:
-            record = await self._transport.api(
-                request, self._timeouts, within=within, hints=hints
+            answer = await self._transport.api_since(
+                request, self._timeouts, seen, within=within, hints=hints
             )
         except HTTPStatusError as error:
             self._pause(error, budget, retry)
             raise
         if hints.reset is not None:
             self._heed(hints, budget, retry)
-        return record
+        return answer
 
     async def _exchange_page(
         self,

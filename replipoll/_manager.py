@@ -142,6 +142,7 @@ class _Track(asyncio.Future[Prediction]):
     __slots__ = (
         "counted",
         "deadline",
+        "digest",
         "id",
         "last",
         "manager",
@@ -160,6 +161,9 @@ class _Track(asyncio.Future[Prediction]):
     retrying: Retrying | None
     #: The latest record (``keep_last``); after an error, the last one seen.
     last: Prediction | None
+    #: The hash of the body ``last`` was decoded from; None if not polled
+    #: (a webhook's record, say). The same body again is not decoded again.
+    digest: int | None
     #: The name this id is counted under in the status tally.
     counted: str
     #: Told when the future is cancelled; None once the id has ended.
@@ -574,6 +578,7 @@ class PollManager:
         track.deadline = deadline
         track.retrying = None
         track.last = None
+        track.digest = None
         track.counted = "unknown"
         track.manager = self
         track.rank = 0.0  # not seen yet: its first GET goes first
@@ -1156,8 +1161,14 @@ class PollManager:
         try:
             pid = track.id
             request = track.request or ApiRequest("GET", f"predictions/{pid}", pid)
-            prediction = await self.client._exchange(
-                request, budget, within, self.retry, self._hints
+            last, digest = track.last, track.digest
+            prediction, digest = await self.client._exchange(
+                request,
+                budget,
+                within,
+                self.retry,
+                self._hints,
+                None if last is None or digest is None else (digest, last),
             )
         except RequestError as exc:
             self._in_flight -= 1
@@ -1177,7 +1188,7 @@ class PollManager:
         if self._judging:  # the first record: the batch as a whole works
             self._judging = False
             self._watch.answered()
-        if self._observe(track, prediction):
+        if self._observe(track, prediction, digest):
             await self._notify(prediction)
         if prediction.is_terminal:
             self._resolve(track, prediction)
@@ -1446,10 +1457,16 @@ class PollManager:
 
     # -- bookkeeping ---------------------------------------------------------
 
-    def _observe(self, track: _Track, prediction: Prediction) -> bool:
-        """Record ``prediction`` as the latest; return True if its status changed."""
+    def _observe(
+        self, track: _Track, prediction: Prediction, digest: int | None = None
+    ) -> bool:
+        """Record ``prediction`` as the latest; return True if its status changed.
+
+        ``digest`` is the hash of the body it was decoded from, if polled.
+        """
         if self.keep_last:
             track.last = prediction
+            track.digest = digest
         status = prediction.status
         # (A documented status is its own name: no call on the hot path.)
         name = status.value if type(status) is Status else self._tally.name(prediction)

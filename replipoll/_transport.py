@@ -77,6 +77,8 @@ _INLINE_JSON: Final = 1024 * 1024
 _ERROR_HEAD: Final = 64 * 1024
 #: Fields whose misfit was logged already (once per process each).
 _REPORTED: Final[set[str]] = set()
+#: What :meth:`Transport._send` returns as the JSON of a body its caller saw.
+_SAME: Final = object()
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
@@ -417,6 +419,59 @@ class Transport:
             RequestError: a subclass saying what failed; the key is never in it.
         """
         status, headers, body, data, url = await self._send(request, timeouts, within)
+        record = self._decode(request, status, headers, body, data, url)
+        if hints is not None:
+            hints.read(headers, time.time())
+        return record
+
+    async def api_since(
+        self,
+        request: ApiRequest,
+        timeouts: Timeouts,
+        seen: tuple[int, Prediction] | None,
+        *,
+        within: float | None = None,
+        hints: ServerHints | None = None,
+    ) -> tuple[Prediction, int]:
+        """:meth:`api` for a record polled before: an unchanged answer is not decoded.
+
+        A running prediction often answers, poll after poll, byte for byte
+        what it answered last time (queued, or running without new logs).
+        Such a body is neither parsed nor decoded again: the record decoded
+        from it before is returned, the very object.
+
+        Args:
+            seen: The hash of the body last answered to this request, and
+                the record decoded from it; None if there is none.
+
+        Returns:
+            The record (``seen``'s own if the body is the same), and the hash
+            of the body, to pass as ``seen`` next time.
+
+        Raises:
+            RequestError: as :meth:`api`.
+        """
+        status, headers, body, data, url = await self._send(
+            request, timeouts, within, None if seen is None else seen[0]
+        )
+        if data is _SAME and seen is not None:
+            record = seen[1]
+        else:
+            record = self._decode(request, status, headers, body, data, url)
+        if hints is not None:
+            hints.read(headers, time.time())
+        return record, hash(body)
+
+    def _decode(
+        self,
+        request: ApiRequest,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        data: Any,
+        url: str,
+    ) -> Prediction:
+        """Decode a 2xx answer to ``request`` into its record (see :meth:`api`)."""
         record = decode_prediction(
             status,
             headers,
@@ -429,8 +484,6 @@ class Transport:
         )
         if record.invalid:
             self._report_misfits(record)
-        if hints is not None:
-            hints.read(headers, time.time())
         return record
 
     async def api_page(
@@ -456,9 +509,15 @@ class Transport:
         return page
 
     async def _send(
-        self, request: ApiRequest, timeouts: Timeouts, within: float | None
+        self,
+        request: ApiRequest,
+        timeouts: Timeouts,
+        within: float | None,
+        same: int | None = None,
     ) -> tuple[int, Mapping[str, str], bytes, Any, str]:
         """Send ``request``; return a 2xx answer's status, headers, body, JSON, URL.
+
+        The JSON is :data:`_SAME`, not parsed, if the body's hash is ``same``.
 
         Raises:
             RequestError: no answer, an answer too large, or one not 2xx.
@@ -532,7 +591,9 @@ class Transport:
                 reason=reason,
                 redact=redact,
             )
-        if len(body) <= _INLINE_JSON:
+        if same is not None and hash(body) == same:
+            data = _SAME  # the caller has its record already
+        elif len(body) <= _INLINE_JSON:
             data = parse_json(body)
         else:
             left = None if total is None else total - (time.monotonic() - started)

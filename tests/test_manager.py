@@ -29,6 +29,7 @@ from replipoll import (
     RetryPolicy,
     ServerError,
 )
+from replipoll._sansio import ApiRequest
 from replipoll._schedule import on_grid
 from replipoll.testing import FakeReplicate, Fault
 
@@ -1017,3 +1018,58 @@ async def test_a_retry_due_after_the_retry_timeout_ends_with_its_error() -> None
     assert isinstance(failed, ServerError), failed
     assert failed.attempts == server.stats.requests_per_id[failing]
     assert results[1].error is None
+
+
+# -- an unchanged answer is not decoded again --------------------------------
+
+
+async def test_an_unchanged_answer_returns_the_record_it_was_decoded_into(
+    client: replipoll.Client, fake_replicate: FakeReplicate
+) -> None:
+    """The transport under the manager: the same body, the same record object;
+    another body (new logs), a new record; the hash alone never stands in
+    for a body it does not match."""
+    pid = fake_replicate.add_prediction(duration=600)
+    request = ApiRequest.for_prediction("GET", pid)
+    transport, timeouts = client._transport, client._timeouts
+    first, digest = await transport.api_since(request, timeouts, None)
+    again, same = await transport.api_since(request, timeouts, (digest, first))
+    assert again is first
+    assert same == digest
+    body = json.dumps({"id": pid, "status": "processing", "logs": "step 1/5"})
+    fake_replicate.add_fault(Fault.status(200, body), prediction_id=pid)
+    changed, other = await transport.api_since(request, timeouts, (digest, first))
+    assert changed is not first
+    assert other != digest
+    assert changed.logs == "step 1/5"
+    assert changed.status == "processing"
+    fresh, _ = await transport.api_since(request, timeouts, (digest + 1, first))
+    assert fresh is not first
+    assert fresh == first
+
+
+async def test_the_manager_keeps_an_unchanged_record_and_sees_every_change(
+    client: replipoll.Client, fake_replicate: FakeReplicate
+) -> None:
+    pid = fake_replicate.add_prediction(duration=600)
+    polls = fake_replicate.stats.requests_per_id
+    async with PollManager(client, policy=QUICK, sweep=False) as manager:
+        future = manager.submit(pid)
+        await until(lambda: polls[pid] >= 2)
+        first = manager.latest(pid)
+        assert first is not None
+        assert first.status == "processing"
+        seen = polls[pid]
+        await until(lambda: polls[pid] >= seen + 3)
+        assert manager.latest(pid) is first  # three answers, none decoded
+        body = json.dumps({"id": pid, "status": "processing", "logs": "step 1/5"})
+        fake_replicate.add_fault(Fault.status(200, body), prediction_id=pid, times=3)
+        await until(lambda: (manager.latest(pid) or first).logs == "step 1/5")
+        changed = manager.latest(pid)
+        done = json.dumps({"id": pid, "status": "succeeded", "output": "ok"})
+        fake_replicate.add_fault(Fault.status(200, done), prediction_id=pid)
+        record = await asyncio.wait_for(future, 15)
+    assert changed is not None
+    assert changed is not first
+    assert record.status == "succeeded"
+    assert record.output == "ok"
