@@ -607,7 +607,22 @@ def _million_finding(r: dict[str, Any]) -> str:
 {rec["worst_stall_ms"]:.0f} ms with the batch how-to's `gc.freeze()` recipe,
 {plain["worst_stall_ms"]:.0f} ms without it: CPython's full collections walk
 every tracked id (the longest took {plain["longest_collection_ms"]:.0f} ms),
-which is why the recipe exists."""
+which is why the recipe exists.{_million_pace(m, rec)}"""
+
+
+def _million_pace(m: dict[str, Any], rec: dict[str, Any]) -> str:
+    """What a machine too slow for the budget's pace does to the million's figures."""
+    load = rec["us_per_request"] * m["rate"] / 1e6
+    if load <= 1.0:
+        return ""
+    return f""" At {rec["us_per_request"]:.0f} µs a request, the {m["rate"]:,.0f}
+requests a second the budget allows would take {load:.2f} s of CPU a second,
+more than the one core an event loop runs on: this machine could not keep
+that pace. A faster one (27 November: 41 µs a request at 10,000 ids) kept
+it, and measured 933 MiB and a longest stall of 39 ms. A backlog of due
+polls (an entry each in the manager's queue) and longer turns of the loop
+(2,048 ids are submitted per turn) are the likely difference; they were not
+measured apart."""
 
 
 def _scale_story(r: dict[str, Any], l2: str) -> str:
@@ -854,7 +869,32 @@ works in fewer, longer bursts; with `coalesce=0` the same batch costs
 {m["uncoalesced_us"]:.0f} µs per request, so coalescing costs
 {m["x_uncoalesced"]:.2f}× of that. A poll moves earlier only within its
 policy's jitter, so on average it is not later than its schedule says
-(section 5 includes the grid).""")
+(section 5 includes the grid).
+
+Since commit b26ac54 an answer byte for byte the same as the id's previous
+one (a prediction still queued, or running without new logs: most polls) is
+neither parsed nor decoded again; side by side with the commit before it
+(`bench/compare.py`, 4 rounds) a managed request cost 0.83× (rounds
+0.77–1.00) as much. What remains, by a py-spy profile of this batch after
+that change: aiohttp 51% of the client's CPU, the event loop (asyncio) 15%,
+URLs (yarl) 6%, JSON 2%, and replipoll's own code 22%: the transport's
+frames around each aiohttp call 8% (mostly freeing aiohttp's request and
+response objects as they return), the manager's queue, timers and
+bookkeeping 8%, the learned schedule 4%, decoding records 2%. The floors
+spend the same aiohttp, loop and URL work per request; what separates the
+manager from the saturated one is that 22%, and the loop waking for fewer
+sockets at a time when polls fall due at their own moments: the replayed
+floor (the same requests at the same moments) itself costs
+{m["replayed_floor_us"] / m["saturated_floor_us"]:.2f}× the saturated one.
+
+The ratio to the saturated floor is only as steady as that floor. On the
+day of this run (28 November) the floor measured 124 to 192 µs per request
+from one run to the next while the manager's CPU per request stayed at 217
+to 274 µs: `bench_manager.py` run again alone right after this run gave
+1.16× (floor 192 µs), and `bench/compare.py` an hour before it 1.54×
+(rounds 1.40–1.73, floor 142–179 µs). The 1.5× target held in each of
+those runs; the 1.3× target in the two full runs, not in the side-by-side
+one.""")
     fast = _fast_findings(results)
     if fast:
         parts.append(fast)
@@ -951,12 +991,27 @@ def _fast_findings(results: dict[str, Any]) -> str:
             "default floor on uvloop, the least a client on that loop could "
             "spend"
         )
+    remains = ""
+    if get is not None and uvloop_floor is not None:
+        bare = uvloop_floor["x_floor"]
+        remains = (
+            f" What remains: on uvloop, `Client.get` costs "
+            f"{get['x_floor'] / bare:.2f}× the bare GET on the same loop, the "
+            "part of it that is replipoll's (decoding the typed record, above "
+            "all)."
+        )
+        if bare >= FAST_GET_TARGET:
+            remains += (
+                f" The {FAST_GET_TARGET:g}× target is below what the bare GET "
+                f"itself costs on uvloop ({bare:.2f}×): no client on aiohttp "
+                "and uvloop could meet it."
+            )
     return f"""**The fast path.** With `pip install 'replipoll[speed]'`
 (uvloop's event loop, msgspec parsing the answers), against the same default
 floor (asyncio's own loop, the standard library's `json`): {"; ".join(said)}.
 msgspec parses a prediction's record (under 1 KB) in about 1 µs where
 `json.loads` takes 4 to 5, to the same values; the rest of the saving is the
-event loop's."""
+event loop's.{remains}"""
 
 
 def _schedule_findings(sim: dict[str, Any]) -> str:
