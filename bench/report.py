@@ -892,9 +892,8 @@ day of this run (28 November) the floor measured 124 to 192 µs per request
 from one run to the next while the manager's CPU per request stayed at 217
 to 274 µs: `bench_manager.py` run again alone right after this run gave
 1.16× (floor 192 µs), and `bench/compare.py` an hour before it 1.54×
-(rounds 1.40–1.73, floor 142–179 µs). The 1.5× target held in each of
-those runs; the 1.3× target in the two full runs, not in the side-by-side
-one.""")
+(rounds 1.40–1.73, floor 142–179 µs). The 1.5× and 1.3× targets held in
+the two full runs, not in the side-by-side one.""")
     fast = _fast_findings(results)
     if fast:
         parts.append(fast)

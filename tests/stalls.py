@@ -145,7 +145,11 @@ def pytest_runtest_protocol(
         failed = any(report.failed for report in reports)
         if not failed or attempt == RERUNS or item.session.shouldstop:
             break
-        stalled = WATCH.stalled(start, time.monotonic())
+        end = time.monotonic()
+        # The watcher notes a stall when it wakes up after it; this thread
+        # may have woken first. Give it a tick or two to catch up.
+        time.sleep(3 * TICK)
+        stalled = WATCH.stalled(start, end)
         if stalled < STALLED:
             break
         stalls.append(stalled)

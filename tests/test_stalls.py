@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stalls import WATCH
+from tests.stalls import TICK, WATCH
 
 pytestmark = pytest.mark.skipif(
     sys.platform == "win32", reason="stops itself with SIGSTOP"
@@ -32,6 +32,9 @@ def stand_still(seconds: float = STOP) -> None:
         ["sh", "-c", f"kill -STOP {pid}; sleep {seconds}; kill -CONT {pid}"],
         check=True,
     )
+    # The watcher notes the stall when it wakes up: let it (this thread may
+    # have been scheduled first).
+    time.sleep(3 * TICK)
 
 
 def test_the_watcher_sees_a_stop_and_ran_leaves_it_out() -> None:
