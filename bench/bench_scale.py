@@ -10,8 +10,9 @@ tracemalloc sees is the manager's own overhead. Two moments are measured:
 
 * *queued*: right after ``submit`` of every id (nothing answered yet: a
   track, a future and a queue entry each);
-* *scheduled*: after each id's first answer, when every id waits in the
-  heap for its next poll (``PollPolicy.fixed(3600)``): the steady state.
+* *scheduled*: after each id's first answer, when every id waits for its
+  next poll (``PollPolicy.fixed(1800)``) and for its deadline (the default
+  hour): the steady state.
 
 CPU per request vs ids tracked: ``N`` ids, a rate budget of ``R`` requests/s
 and ``PollPolicy.fixed(0.5 * N / R)``: the ids ask more than ``R`` (even
@@ -30,8 +31,10 @@ import asyncio
 import gc
 import itertools
 import linecache
+import threading
 import time
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +97,7 @@ async def memory(n: int) -> dict[str, Any]:
 
     manager = replipoll.PollManager(
         client,
-        policy=replipoll.PollPolicy.fixed(3600),
+        policy=replipoll.PollPolicy.fixed(1800),  # within the default deadline
         on_update=first_answer,
         sweep=False,
     )
@@ -255,16 +258,19 @@ async def million(
     loop = asyncio.get_running_loop()
     worst = 0.0
     stalls: list[tuple[float, float]] = []  # (when, how long), over 50 ms
-    pauses: list[float] = []
+    pauses: list[float] = []  # full collections
+    collections: list[tuple[float, float, int]] = []  # (start, end, generation)
     began = 0.0
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         nonlocal began
+        if phase == "start":
+            began = time.perf_counter()
+            return
+        end = time.perf_counter()
+        collections.append((began, end, info["generation"]))
         if info["generation"] == 2:
-            if phase == "start":
-                began = time.perf_counter()
-            else:
-                pauses.append(time.perf_counter() - began)
+            pauses.append(end - began)
 
     async def watch() -> None:
         """The longest time the loop took to come back to a 5 ms sleep."""
@@ -275,9 +281,17 @@ async def million(
             late = loop.time() - start - 0.005
             worst = max(worst, late)
             if late > 0.05:
-                stalls.append((start - began_at, late))
+                stalls.append((start, late))
+
+    # A thread that sleeps 5 ms at a time: when it wakes late too, while no
+    # collection ran, the whole process was held up (the machine, or a long
+    # call that kept the GIL), not just the loop. Each stall is put down to
+    # one of the three.
+    machine = _MachineWatch()
+    machine.start()
 
     began_at = loop.time()
+    rss: dict[str, float] = {"start": _rss_mib()}  # the process's, by phase
     answered = asyncio.Event()
     first_answers = 0
 
@@ -311,21 +325,28 @@ async def million(
             futures.extend(manager.submit(pid) for pid in ids[start : start + 2048])
             await asyncio.sleep(0)
         submit_ends = loop.time() - began_at
+        rss["submitted"] = _rss_mib()
         if freeze:
             gc.freeze()
             gc.enable()
         submitted = len(pauses)
         await answered.wait()  # every id's first poll
+        rss["first_round"] = _rss_mib()
         await asyncio.sleep(min(2.0, window / 2))
         figures = await _window(manager, window)
+        rss["polling"] = _rss_mib()
+        rss_polling_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         # The loop while polling, apart from the closing of the manager,
         # which ends every id left (a million errors made at once).
         polling_worst, worst = worst, 0.0
         polling_pauses = list(pauses)
         closing = time.perf_counter()
+        close_at = loop.time()
     closing = time.perf_counter() - closing
     watcher.cancel()
+    machine.stop()
     gc.callbacks.remove(on_gc)
+    causes = [_stall_cause(t, late, collections, machine.late) for t, late in stalls]
     return {
         "ids": n,
         **figures,
@@ -334,7 +355,24 @@ async def million(
         "close_seconds": closing,
         "close_worst_stall_ms": worst * 1e3,
         "submit_seconds": submit_ends,
-        "stalls_over_50ms": [(round(t, 1), round(d * 1e3)) for t, d in stalls][:40],
+        "rss_mib": {phase: round(mib) for phase, mib in rss.items()},
+        "achieved_rate": figures["rate"],
+        # (seconds from the start, ms, cause), while polling / while closing
+        "stalls_over_50ms": [
+            (round(t - began_at, 1), round(d * 1e3), cause)
+            for (t, d), cause in zip(stalls, causes, strict=True)
+            if t < close_at
+        ][:40],
+        "close_stalls_over_50ms": [
+            (round(t - began_at, 1), round(d * 1e3), cause)
+            for (t, d), cause in zip(stalls, causes, strict=True)
+            if t >= close_at
+        ][:40],
+        "peak_rss_polling_mib": rss_polling_peak,
+        "longest_collections": [
+            (round(a - began_at, 1), generation, round((b - a) * 1e3, 1))
+            for a, b, generation in sorted(collections, key=lambda c: c[0] - c[1])[:8]
+        ],
         "gc_freeze": freeze,
         "full_collections": len(polling_pauses),
         "full_collections_after_submit": len(polling_pauses) - submitted,
@@ -342,6 +380,62 @@ async def million(
         "close_longest_collection_ms": max(pauses[len(polling_pauses) :], default=0.0)
         * 1e3,
     }
+
+
+class _MachineWatch(threading.Thread):
+    """Sleeps 5 ms at a time and notes each wake-up over 50 ms late."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.late: list[tuple[float, float]] = []  # (start, end), perf_counter
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            start = time.perf_counter()
+            time.sleep(0.005)
+            end = time.perf_counter()
+            if end - start > 0.055:
+                self.late.append((start, end))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _stall_cause(
+    loop_start: float,
+    late: float,
+    collections: list[tuple[float, float, int]],
+    machine: list[tuple[float, float]],
+) -> str:
+    """Why the loop came back ``late`` s late to a sleep begun at ``loop_start``.
+
+    ``"gc"`` if collections took over half the stall, else ``"process"``
+    if the sleeping thread was held up over half of it (the machine, or
+    a long call that kept the GIL), else ``"loop"``
+    (the event loop's own callbacks ran that long). ``loop_start`` is on
+    the loop's clock, which is ``time.monotonic`` as ``perf_counter`` is
+    on Linux.
+    """
+    start, end = loop_start + 0.005, loop_start + 0.005 + late
+
+    def overlap(spans: list[tuple[float, float]]) -> float:
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+
+    if overlap([(a, b) for a, b, _ in collections]) > late / 2:
+        return "gc"
+    if overlap(machine) > late / 2:
+        return "process"
+    return "loop"
+
+
+def _rss_mib() -> float:
+    """The process's resident set size now, in MiB (Linux)."""
+    import os
+
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 MILLION_RATE = 20_000.0
@@ -371,6 +465,7 @@ def million_runs(rounds: int, n: int = 1_000_000) -> dict[str, Any]:
             for key in (
                 "us_per_request",
                 "peak_rss_mib",
+                "peak_rss_polling_mib",
                 "worst_stall_ms",
                 "longest_collection_ms",
                 "close_seconds",
@@ -382,6 +477,18 @@ def million_runs(rounds: int, n: int = 1_000_000) -> dict[str, Any]:
             "samples_rss_mib": [round(r["peak_rss_mib"]) for r in runs],
             "samples_stall_ms": [round(r["worst_stall_ms"]) for r in runs],
             "x_10k": round(median([r["us_per_request"] for r in runs]) / base, 2),
+            "rss_mib": {
+                phase: round(median([r["rss_mib"][phase] for r in runs]))
+                for phase in runs[0]["rss_mib"]
+            },
+            "achieved_rate": round(median([r["achieved_rate"] for r in runs])),
+            # How many stalls over 50 ms each cause made, over all the runs.
+            "stall_causes": dict(
+                Counter(c for r in runs for _, _, c in r["stalls_over_50ms"])
+            ),
+            "close_stall_causes": dict(
+                Counter(c for r in runs for _, _, c in r["close_stalls_over_50ms"])
+            ),
         }
 
     return {

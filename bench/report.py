@@ -507,7 +507,8 @@ tracing starts (they are the caller's), and the client is a stub whose
 record: nothing goes over the network and no record is allocated per id, so
 what is traced is the manager's own overhead. *Queued* is right after
 `submit` of every id; *scheduled* is after every id's first answer, each
-waiting in the heap for its next poll (the steady state).
+waiting for its next poll (in a bucket of the due polls, one per point of
+the coalescing grid) and for its deadline (in a heap): the steady state.
 
 {_table(["ids", "queued, per id", "scheduled, per id"], mem_rows)}
 
@@ -536,10 +537,27 @@ After one round of warm-up, CPU and requests are read over a window.
 _MILLION_HEADER = [
     "",
     "CPU per request",
-    "peak RSS",
+    "peak RSS while polling",
+    "peak RSS with the close",
     "longest stall",
     "longest full collection",
 ]
+
+#: What each cause of a stall means on the page.
+_CAUSES = {
+    "gc": "the garbage collector",
+    "process": "the whole process held up",
+    "loop": "the event loop's own work",
+}
+
+
+def _causes(counts: dict[str, int]) -> str:
+    """``{"gc": 2}`` as "2 (the garbage collector)"; "none" if empty."""
+    if not counts:
+        return "none"
+    return ", ".join(
+        f"{n} ({_CAUSES.get(cause, cause)})" for cause, n in sorted(counts.items())
+    )
 
 
 def _million(r: dict[str, Any]) -> str:
@@ -551,6 +569,7 @@ def _million(r: dict[str, Any]) -> str:
             label,
             f"{row['us_per_request']:.1f} µs ({row['x_10k']:.2f}×; "
             f"{', '.join(f'{x:g}' for x in row['samples_us'])})",
+            f"{row.get('peak_rss_polling_mib', math.nan):.0f} MiB",
             f"{row['peak_rss_mib']:.0f} MiB",
             f"{row['worst_stall_ms']:.0f} ms",
             f"{row['longest_collection_ms']:.0f} ms",
@@ -568,31 +587,63 @@ the event loop; a stub client answers each poll with a fresh record of its
 id, parsed and structured as a real answer is (about 1.1 KB of JSON), so
 the garbage collector sees what a real batch makes. A rate budget of
 {m["rate"]:,.0f} requests/s paces the polls. Measured on the whole process
-(the caller's ids and futures included): the peak RSS, the longest the event
-loop took to come back to a 5 ms sleep (from the first submit to the end),
-the longest full collection of the garbage collector, and CPU per request
-over 8 s after every id's first poll, against the same at 10,000 ids. The
-*recipe* is the batch how-to's: the collector off while the ids go in, then
+(the caller's ids and futures included): the peak RSS (while polling, and
+over the whole run, closing included), the longest the event loop took to
+come back to a 5 ms sleep (from the first submit to the close), the longest
+full collection of the garbage collector, and CPU per request over 8 s
+after every id's first poll, against the same at 10,000 ids. The *recipe*
+is the batch how-to's: the collector off while the ids go in, then
 `gc.freeze()`. Median of {m["rounds"]} rounds (the samples in brackets).
 
 {_table(_MILLION_HEADER, rows)}
 
 Without the recipe, each full collection walks every tracked id; with it,
 they are out of its sight, and what remains is the submitting itself.
-{_closing(m)}"""
+{_million_memory(m)}{_million_stalls(m)}{_closing(m)}"""
+
+
+def _million_memory(m: dict[str, Any]) -> str:
+    phases = m["recipe"].get("rss_mib")
+    if not phases:
+        return ""
+    return f"""
+Where the memory goes (RSS, median of the recipe's rounds): {phases["start"]} MiB
+before the first submit (the interpreter, its imports and the caller's
+{m["ids"]:,} ids), {phases["submitted"]} MiB once every id is submitted (a
+track, which is also the id's future, and an entry in the work queue each),
+{phases["first_round"]} MiB after every id's first poll (each id then waits
+in a bucket of the due polls, one bucket per point of the coalescing grid),
+{phases["polling"]} MiB while polling.
+"""
+
+
+def _million_stalls(m: dict[str, Any]) -> str:
+    rec = m["recipe"]
+    if "stall_causes" not in rec:
+        return ""
+    return f"""
+Each stall over 50 ms is put down to one cause: the garbage collector (its
+collections took over half of the stall), the whole process (a thread that
+sleeps 5 ms at a time woke as late: the machine, or a long call that kept
+the GIL), or else the event loop's own work. Over the recipe's rounds, while
+submitting and polling: {_causes(rec["stall_causes"])}; without the recipe:
+{_causes(m["plain"]["stall_causes"])}.
+"""
 
 
 def _closing(m: dict[str, Any]) -> str:
     rec = m["recipe"]
     if "close_seconds" not in rec:
         return ""
+    causes = rec.get("close_stall_causes")
     return f"""
-The stalls above are those while the ids are submitted and polled. Closing
-the manager with all {m["ids"]:,} ids still running is measured apart: it
-ends each with `ManagerClosedError`, 2,048 per turn of the loop, in
-{rec["close_seconds"]:.1f} s; meanwhile the longest stall was
-{rec["close_worst_stall_ms"]:.0f} ms, the garbage collector's: a million new
-exceptions are a million new objects for it to walk.
+Closing the manager with all {m["ids"]:,} ids still running is measured
+apart: it ends each with `ManagerClosedError`, 2,048 per turn of the loop,
+in {rec["close_seconds"]:.1f} s. Meanwhile the longest stall was
+{rec["close_worst_stall_ms"]:.0f} ms (stalls over 50 ms, over the rounds:
+{_causes(causes or {})}): a million new exceptions are a million new objects
+for the collector's full collections to walk, and they end up in the peak
+RSS with the close.
 """
 
 
@@ -615,14 +666,12 @@ def _million_pace(m: dict[str, Any], rec: dict[str, Any]) -> str:
     load = rec["us_per_request"] * m["rate"] / 1e6
     if load <= 1.0:
         return ""
+    achieved = rec.get("achieved_rate")
+    made = f" (it made {achieved:,} a second)" if achieved else ""
     return f""" At {rec["us_per_request"]:.0f} µs a request, the {m["rate"]:,.0f}
 requests a second the budget allows would take {load:.2f} s of CPU a second,
 more than the one core an event loop runs on: this machine could not keep
-that pace. A faster one (27 November: 41 µs a request at 10,000 ids) kept
-it, and measured 933 MiB and a longest stall of 39 ms. A backlog of due
-polls (an entry each in the manager's queue) and longer turns of the loop
-(2,048 ids are submitted per turn) are the likely difference; they were not
-measured apart."""
+that pace{made}. Every id is still polled, each round a little later."""
 
 
 def _scale_story(r: dict[str, Any], l2: str) -> str:

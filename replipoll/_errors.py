@@ -386,14 +386,24 @@ class ManagerClosedError(ReplipollError):
     cancellation, so code awaiting it knows nothing cancelled it.
 
     Attributes:
-        prediction_id: The id that was still being polled.
+        prediction_id: The id that was still being polled (also ``args[0]``).
     """
 
+    # A manager closed with a million ids running makes a million of these:
+    # the id is the one argument and the message is written when asked for,
+    # so each costs an exception and a 1-tuple (no __dict__, no message).
+
     def __init__(self, prediction_id: str) -> None:
-        super().__init__(
-            f"the PollManager closed before prediction {prediction_id} finished"
-        )
-        self.prediction_id = prediction_id
+        super().__init__(prediction_id)
+
+    @property
+    def prediction_id(self) -> str:
+        """The id that was still being polled."""
+        pid: str = self.args[0]
+        return pid
+
+    def __str__(self) -> str:
+        return f"the PollManager closed before prediction {self.args[0]} finished"
 
 
 class BatchStoppedError(ReplipollError):

@@ -1,14 +1,16 @@
 """The scheduler: many predictions, few requests in flight, one shared budget.
 
-Shape: two :class:`~replipoll._schedule.TimerQueue` (due polls, deadlines)
-and a fixed pool of ``max_concurrency`` workers. A tracked id costs one small
-record, one future and a timer entry, not a sleeping task; one timer
-(``loop.call_at``) serves both queues: it ends ids whose deadline passed and
-moves ids whose poll is due onto the work queue. A worker waits for the rate
-budget, sends one request through the client's transport, and either resolves
-the id's future or makes the id due again: after the poll policy's delay when
-it is still running, after the retry engine's wait when the request failed in
-a way worth retrying. A retry therefore waits without holding a worker or a
+Shape: two timer queues (due polls, on the coalescing grid in a
+:class:`~replipoll._schedule.GridTimers`; deadlines in a
+:class:`~replipoll._schedule.TimerQueue`) and a fixed pool of
+``max_concurrency`` workers. A tracked id costs one small record, one future
+and a timer entry, not a sleeping task; one timer (``loop.call_at``) serves
+both queues: it ends ids whose deadline passed and moves ids whose poll is
+due onto the work queue. A worker waits for the rate budget, sends one
+request through the client's transport, and either resolves the id's future
+or makes the id due again: after the poll policy's delay when it is still
+running, after the retry engine's wait when the request failed in a way
+worth retrying. A retry therefore waits without holding a worker or a
 connection.
 """
 
@@ -62,7 +64,7 @@ from ._results import (
 )
 from ._retry import Retrying, RetryPolicy
 from ._sansio import ApiRequest
-from ._schedule import PollPolicy, RateBudget, TimerQueue, on_grid
+from ._schedule import GridTimers, PollPolicy, RateBudget, TimerQueue, on_grid
 from ._share import Budget, Share
 from ._sweep import Sweeper
 
@@ -402,7 +404,7 @@ class PollManager:
         # before the model's run time was known: planned again once it is.
         self._unplanned: dict[str, set[str]] = {}
         self._created = self._pushed = 0
-        self._polls = TimerQueue()
+        self._polls = self._poll_timers()
         # Deadlines are a queue of their own, so that they pass on time
         # whatever the workers are doing (all asleep in a Retry-After, say).
         self._deadlines = TimerQueue()
@@ -515,7 +517,7 @@ class PollManager:
             if self.share is not None and self._queue is not None:
                 assert self._hooks is not None
                 self.share.detach(self._hooks)
-        self._polls = TimerQueue()
+        self._polls = self._poll_timers()
         self._deadlines = TimerQueue()
 
     # -- public API ----------------------------------------------------------
@@ -1044,10 +1046,17 @@ class PollManager:
         # timer, and their requests leave together.
         due = on_grid(due, now, self.coalesce, earliest=earliest)
         if due > track.deadline:
-            due = track.deadline
+            # Never sent: the deadline queue ends the id first (and a poll
+            # due at its deadline would find it past).
+            self._polls.discard(track.id)
+            return
         self._polls.push(track.id, due)
         if due < self._timer_at:
             self._arm(due)
+
+    def _poll_timers(self) -> TimerQueue | GridTimers:
+        # On the grid, thousands of ids share each due time: one bucket each.
+        return GridTimers() if self.coalesce else TimerQueue()
 
     def _arm(self, when: float) -> None:
         assert self._loop is not None

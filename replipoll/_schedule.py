@@ -4,8 +4,10 @@
 it has been tracked. :class:`RateBudget` is the request budget shared by every
 request of a :class:`~replipoll.PollManager`: a token bucket in its GCRA form
 (one number, the theoretical arrival time), paused whole by a ``Retry-After``.
-:class:`TimerQueue` holds due times by key (the manager's due polls and its
-deadlines). None of them reads a clock (callers pass ``now``), except
+:class:`TimerQueue` holds due times by key (the manager's deadlines, and its
+due polls without coalescing); :class:`GridTimers` does the same for due
+times that many keys share (polls on the coalescing grid). None of them
+reads a clock (callers pass ``now``), except
 :meth:`RateBudget.acquire`, the one place that waits.
 """
 
@@ -23,7 +25,7 @@ import attrs
 
 from ._options import at_least, fraction, non_negative, positive
 
-__all__ = ["PollPolicy", "RateBudget", "TimerQueue", "on_grid"]
+__all__ = ["GridTimers", "PollPolicy", "RateBudget", "TimerQueue", "on_grid"]
 
 
 def on_grid(
@@ -445,3 +447,134 @@ class TimerQueue:
                 del due[key]
                 keys.append(key)
         return keys
+
+
+class _Bucket(list[str]):
+    """The keys due at one moment, in the order they were pushed."""
+
+    __slots__ = ("when",)
+
+    def __init__(self, when: float) -> None:
+        super().__init__()
+        self.when = when
+
+
+class GridTimers:
+    """A :class:`TimerQueue` for due times that many keys share.
+
+    Keys due at the same moment share one bucket: a push appends the key to
+    its moment's list, and the heap orders the moments, not the keys. Where
+    the polls of a :class:`~replipoll.PollManager` sit on the coalescing grid
+    (thousands of ids per point at a million ids), a key costs a slot in a
+    list and an entry of a dict. No object is made per push, so the garbage
+    collector has nothing new to walk as ids are polled round after round.
+    For due times that all differ, :class:`TimerQueue` costs less.
+
+    The same interface and guarantees as :class:`TimerQueue`: one due time
+    per key (pushing it again moves it), earliest first (in push order within
+    a moment), a moved or discarded key's old entry skipped when its moment
+    comes, and the buckets rebuilt once such entries outnumber live ones.
+
+    Example:
+        >>> timers = GridTimers()
+        >>> for key in "abc": timers.push(key, 1.0)
+        >>> timers.push("b", 2.0); timers.discard("c")
+        >>> timers.next_due(), timers.pop_due(1.5), timers.when("b")
+        (1.0, ['a'], 2.0)
+    """
+
+    __slots__ = ("_buckets", "_due", "_entries", "_heap")
+
+    def __init__(self) -> None:
+        #: Each key's bucket (its due time is the bucket's ``when``).
+        self._due: dict[str, _Bucket] = {}
+        self._buckets: dict[float, _Bucket] = {}
+        self._heap: list[float] = []  # the buckets' due times
+        self._entries = 0  # keys in all buckets, stale ones included
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._due
+
+    def when(self, key: str) -> float | None:
+        """The due time of ``key``, or ``None`` if it has none."""
+        bucket = self._due.get(key)
+        return None if bucket is None else bucket.when
+
+    def push(self, key: str, when: float) -> None:
+        """Make ``key`` due at ``when`` (replacing any earlier due time)."""
+        bucket = self._buckets.get(when)
+        if bucket is None:
+            bucket = self._buckets[when] = _Bucket(when)
+            heapq.heappush(self._heap, when)
+        bucket.append(key)
+        self._due[key] = bucket
+        self._entries += 1
+        if self._entries > 2 * len(self._due) + 64:
+            self._rebuild()
+
+    def discard(self, key: str) -> None:
+        """Forget ``key``'s due time, if it has one."""
+        self._due.pop(key, None)
+
+    def next_due(self) -> float | None:
+        """The earliest due time, or ``None`` when nothing is due at all."""
+        heap, due = self._heap, self._due
+        while heap:
+            bucket = self._buckets[heap[0]]
+            live = next(
+                (n for n, key in enumerate(bucket) if due.get(key) is bucket), None
+            )
+            if live is not None:
+                del bucket[:live]  # what was moved or discarded since
+                self._entries -= live
+                return bucket.when
+            self._drop_first()
+        return None
+
+    def pop_due(self, now: float, limit: int | None = None) -> list[str]:
+        """Remove and return the keys due at or before ``now``, earliest first.
+
+        At most ``limit`` keys, if given: the rest stay due for the next call.
+        """
+        heap, due = self._heap, self._due
+        keys: list[str] = []
+        if limit is None:
+            limit = len(due)
+        while heap and heap[0] <= now and len(keys) < limit:
+            bucket = self._buckets[heap[0]]
+            taken = 0
+            for key in bucket:
+                if len(keys) >= limit:
+                    break
+                taken += 1
+                if due.get(key) is bucket:
+                    del due[key]
+                    keys.append(key)
+            if taken == len(bucket):
+                self._drop_first()
+            else:
+                del bucket[:taken]
+                self._entries -= taken
+        return keys
+
+    def _drop_first(self) -> None:
+        """Forget the earliest bucket and every entry left in it."""
+        bucket = self._buckets.pop(heapq.heappop(self._heap))
+        self._entries -= len(bucket)
+
+    def _rebuild(self) -> None:
+        """Buckets of live entries only."""
+        buckets: dict[float, _Bucket] = {}
+        due = self._due
+        for key, old in due.items():
+            bucket = buckets.get(old.when)
+            if bucket is None:
+                bucket = buckets[old.when] = _Bucket(old.when)
+            bucket.append(key)
+            due[key] = bucket
+        self._buckets = buckets
+        self._heap = sorted(buckets)
+        self._entries = len(due)

@@ -619,6 +619,32 @@ async def test_coalescing_never_pushes_a_poll_past_its_deadline(
     assert time.monotonic() - start < 1.0
 
 
+async def test_a_poll_due_after_the_deadline_is_not_queued_and_the_id_ends_on_time(
+    client: Client, fake_replicate: FakeReplicate
+) -> None:
+    """Nothing waits in the poll queue for a poll that would never be sent:
+    the deadline comes first, and ends the id with its last record."""
+    pid = fake_replicate.add_prediction(duration=10.0)
+    seen = asyncio.Event()
+    async with PollManager(
+        client,
+        policy=PollPolicy.fixed(60.0),
+        timeout=0.4,
+        on_update=lambda _: seen.set(),
+    ) as manager:
+        start = time.monotonic()
+        future = manager.submit(pid)
+        await seen.wait()
+        assert pid not in manager._polls
+        assert pid in manager._deadlines
+        with pytest.raises(PollTimeout) as timed_out:
+            await future
+    assert 0.35 < time.monotonic() - start < 1.0
+    assert timed_out.value.last is not None
+    assert timed_out.value.last.status in ("starting", "processing")
+    assert fake_replicate.stats.requests_per_id[pid] == 1
+
+
 async def test_a_stalled_loop_does_not_bunch_budgeted_requests(
     client: Client, fake_replicate: FakeReplicate
 ) -> None:

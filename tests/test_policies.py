@@ -28,7 +28,10 @@ from replipoll import (
     RetryPolicy,
     ServerError,
 )
-from replipoll._schedule import TimerQueue, on_grid
+from replipoll._schedule import GridTimers, TimerQueue, on_grid
+
+#: Either kind of timer queue (the same interface).
+Timers = TimerQueue | GridTimers
 
 
 @pytest.mark.parametrize(
@@ -484,8 +487,9 @@ def test_after_a_pause_a_rated_budget_spends_its_burst_then_its_rate() -> None:
 # -- the timer queue -----------------------------------------------------------
 
 
-def test_timer_queue_moves_discards_and_pops_in_order() -> None:
-    timers = TimerQueue()
+@pytest.mark.parametrize("kind", [TimerQueue, GridTimers])
+def test_timer_queue_moves_discards_and_pops_in_order(kind: type[Timers]) -> None:
+    timers = kind()
     timers.push("a", 5.0)
     timers.push("b", 1.0)
     timers.push("c", 3.0)
@@ -499,18 +503,22 @@ def test_timer_queue_moves_discards_and_pops_in_order() -> None:
     assert timers.next_due() is None
 
 
-def test_a_key_pushed_twice_for_the_same_moment_is_due_once() -> None:
+@pytest.mark.parametrize("kind", [TimerQueue, GridTimers])
+def test_a_key_pushed_twice_for_the_same_moment_is_due_once(kind: type[Timers]) -> None:
     """Coalescing puts many due times on one grid point, the same id's too."""
-    timers = TimerQueue()
+    timers = kind()
     timers.push("a", 1.0)
     timers.push("a", 1.0)
     assert timers.pop_due(1.0) == ["a"]
     assert timers.pop_due(1.0) == []
 
 
-def test_pop_due_hands_out_at_most_limit_keys_and_keeps_the_rest_due() -> None:
+@pytest.mark.parametrize("kind", [TimerQueue, GridTimers])
+def test_pop_due_hands_out_at_most_limit_keys_and_keeps_the_rest_due(
+    kind: type[Timers],
+) -> None:
     """The manager takes a bounded share per turn of the loop."""
-    timers = TimerQueue()
+    timers = kind()
     for n in range(5):
         timers.push(f"k{n}", float(n))
     assert timers.pop_due(10.0, limit=2) == ["k0", "k1"]
@@ -519,12 +527,40 @@ def test_pop_due_hands_out_at_most_limit_keys_and_keeps_the_rest_due() -> None:
     assert timers.pop_due(10.0) == ["k2", "k3", "k4"]
 
 
-def test_a_key_moved_over_and_over_costs_no_memory() -> None:
-    timers = TimerQueue()
+@pytest.mark.parametrize("kind", [TimerQueue, GridTimers])
+def test_a_key_moved_over_and_over_costs_no_memory(kind: type[Timers]) -> None:
+    timers = kind()
     for n in range(100_000):
         timers.push("a", float(n))
     assert len(timers._heap) < 300
     assert timers.when("a") == 99_999.0
+
+
+def test_grid_timers_take_a_bucket_in_push_order_across_calls() -> None:
+    """Many keys share a moment; a bounded pop takes them in turn, none twice."""
+    timers = GridTimers()
+    for n in range(10):
+        timers.push(f"k{n}", 1.0)
+    timers.push("k3", 2.0)  # moved out: skipped in the first moment
+    timers.push("k0", 1.0)  # pushed again to its own moment: due once
+    timers.push("early", 0.5)
+    assert timers.pop_due(1.0, limit=4) == ["early", "k0", "k1", "k2"]
+    assert timers.next_due() == 1.0
+    assert timers.pop_due(1.0, limit=3) == ["k4", "k5", "k6"]
+    assert timers.pop_due(5.0) == ["k7", "k8", "k9", "k3"]
+    assert (len(timers), timers.next_due(), timers._entries) == (0, None, 0)
+
+
+def test_grid_timers_forget_entries_that_were_moved_or_discarded() -> None:
+    """Ids that finish or move leave entries behind: they are swept away."""
+    timers = GridTimers()
+    for n in range(100_000):
+        timers.push(f"k{n % 100}", float(n % 7))
+        if n % 3 == 0:
+            timers.discard(f"k{n % 50}")
+    assert timers._entries <= 2 * len(timers) + 64
+    assert sum(map(len, timers._buckets.values())) == timers._entries
+    assert len(timers._heap) == len(timers._buckets) <= 7
 
 
 @given(
@@ -537,12 +573,14 @@ def test_a_key_moved_over_and_over_costs_no_memory() -> None:
         max_size=200,
     )
 )
+@pytest.mark.parametrize("kind", [TimerQueue, GridTimers])
 def test_timer_queue_agrees_with_a_dict_of_due_times(
-    operations: list[tuple[str, str, float]],
+    kind: type[Timers], operations: list[tuple[str, str, float]]
 ) -> None:
     """Whatever the order of pushes, moves, discards and pops, the queue pops
-    exactly the keys a plain dict says are due, earliest first."""
-    timers, model = TimerQueue(), {}
+    exactly the keys a plain dict says are due, earliest first (among keys
+    due at the same moment, a TimerQueue by key, GridTimers as pushed)."""
+    timers, model = kind(), {}
     for operation, key, when in operations:
         if operation == "push":
             timers.push(key, when)
@@ -552,7 +590,12 @@ def test_timer_queue_agrees_with_a_dict_of_due_times(
             model.pop(key, None)
         else:
             due = sorted((t, k) for k, t in model.items() if t <= when)
-            assert timers.pop_due(when) == [k for _, k in due]
+            popped = timers.pop_due(when)
+            assert sorted((model[k], k) for k in popped) == due
+            if kind is TimerQueue:
+                assert popped == [k for _, k in due]
+            else:
+                assert [model[k] for k in popped] == [t for t, _ in due]
             for _, k in due:
                 del model[k]
         assert len(timers) == len(model)
