@@ -384,9 +384,7 @@ class ManagerClosedError(ReplipollError):
     What every unfinished id's future ends with when the manager closes
     (its ``async with`` block exits): an error of its own, not a
     cancellation, so code awaiting it knows nothing cancelled it.
-
-    Attributes:
-        prediction_id: The id that was still being polled (also ``args[0]``).
+    Its :attr:`prediction_id` is its one argument (``args[0]``).
     """
 
     # A manager closed with a million ids running makes a million of these:
@@ -398,7 +396,7 @@ class ManagerClosedError(ReplipollError):
 
     @property
     def prediction_id(self) -> str:
-        """The id that was still being polled."""
+        """The id that was still being polled (also ``args[0]``)."""
         pid: str = self.args[0]
         return pid
 
