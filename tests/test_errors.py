@@ -82,6 +82,19 @@ def test_a_poll_timeout_for_an_id_never_seen_says_so() -> None:
     assert pickle.loads(pickle.dumps(error)).last is None
 
 
+def test_a_manager_closed_error_is_its_id_and_a_message_written_when_shown() -> None:
+    """A manager closed with a million ids makes a million of these: each
+    holds its id as its one argument and nothing else."""
+    error = replipoll.ManagerClosedError("abc123")
+    assert error.args == ("abc123",)
+    assert error.prediction_id == "abc123"
+    assert str(error) == "the PollManager closed before prediction abc123 finished"
+    assert repr(error) == "ManagerClosedError('abc123')"
+    assert vars(error) == {}
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.prediction_id, str(copy)) == ("abc123", str(error))
+
+
 @pytest.mark.parametrize("status", [403, None])
 def test_a_download_error_survives_pickling(status: int | None) -> None:
     error = DownloadError("https://files/x/out.png", "expired", status=status)

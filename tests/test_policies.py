@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import itertools
 import math
@@ -549,6 +550,29 @@ def test_grid_timers_take_a_bucket_in_push_order_across_calls() -> None:
     assert timers.pop_due(1.0, limit=3) == ["k4", "k5", "k6"]
     assert timers.pop_due(5.0) == ["k7", "k8", "k9", "k3"]
     assert (len(timers), timers.next_due(), timers._entries) == (0, None, 0)
+
+
+def test_polling_ids_again_on_the_grid_makes_no_object_for_the_collector() -> None:
+    """Ids made due again at moments that already have a bucket cost a slot
+    in a list each: nothing new for CPython's garbage collector to track
+    (a heap entry per push piled up in its youngest generation)."""
+    timers = GridTimers()
+    keys = [f"k{n}" for n in range(20_000)]
+    for n, key in enumerate(keys):
+        timers.push(key, float(n % 10))
+    moments = [float(n % 10) for n in range(len(keys))]
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for _ in range(3):
+            for key, when in zip(keys, moments, strict=True):
+                timers.push(key, when)
+        made = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert made < 100, made
+    assert len(timers) == len(keys)
 
 
 def test_grid_timers_forget_entries_that_were_moved_or_discarded() -> None:
