@@ -954,14 +954,19 @@ Since commit b26ac54 an answer byte for byte the same as the id's previous
 one (a prediction still queued, or running without new logs: most polls) is
 neither parsed nor decoded again; side by side with the commit before it
 (`bench/compare.py`, 4 rounds) a managed request cost 0.83× (rounds
-0.77–1.00) as much. What remains, by a py-spy profile of this batch after
-that change: aiohttp 51% of the client's CPU, the event loop (asyncio) 15%,
-URLs (yarl) 6%, JSON 2%, and replipoll's own code 22%: the transport's
-frames around each aiohttp call 8% (mostly freeing aiohttp's request and
-response objects as they return), the manager's queue, timers and
-bookkeeping 8%, the learned schedule 4%, decoding records 2%. The floors
-spend the same aiohttp, loop and URL work per request; what separates the
-manager from the saturated one is that 22%, and the loop waking for fewer
+0.77–1.00) as much. What remains, by a py-spy profile of this batch at
+commit e6a6a02 (one batch, 200 samples a second, the time each function
+spent itself): aiohttp 46% of the client's CPU, the event loop (asyncio)
+24%, URLs (yarl) 6%, JSON under 1%, and replipoll's own code 21%: the
+manager's queue, timers and bookkeeping 8% (the buckets of due polls 2% of
+it), the transport's frames around each aiohttp call 6% (most of it on the
+line of the `async with` around aiohttp's request and the `await` of it:
+entering and leaving them, aiohttp's objects freed as they end), the learned
+schedule 4%, reading the server's hints 1%, decoding records 1%. (After
+b26ac54 the same profile gave aiohttp 51%, asyncio 15%, replipoll 22%.) The
+floors spend the same aiohttp, loop and URL work per request; what
+separates the manager from the saturated one is that 21%, and the loop
+waking for fewer
 sockets at a time when polls fall due at their own moments: the replayed
 floor (the same requests at the same moments) itself costs
 {m["replayed_floor_us"] / m["saturated_floor_us"]:.2f}× the saturated one.
